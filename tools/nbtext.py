@@ -1,0 +1,58 @@
+"""Convert between a notebook and a plain-text cell file, for editing notebooks with a text editor.
+
+Text format: cells are separated by marker lines. `# %%` starts a code cell, `# %% [markdown]` a markdown cell
+(its lines are raw markdown). Everything before the first marker is ignored.
+
+    python tools/nbtext.py to-nb  cells.py nbs/30_metrics.ipynb   # text -> notebook (outputs dropped)
+    python tools/nbtext.py to-txt nbs/30_metrics.ipynb cells.py   # notebook -> text
+
+The notebook stays the source of truth: execute it afterwards (`jupyter nbconvert --execute --inplace`)
+and clean it (`nbdev_clean --fname ...`).
+"""
+import json, re, sys
+from pathlib import Path
+
+MARK = re.compile(r'^# %%(?: \[(markdown|md)\])?\s*$')
+
+def _lines(text):
+    lines = text.splitlines(keepends=True)
+    if lines: lines[-1] = lines[-1].rstrip('\n')
+    return lines
+
+def text_to_notebook(text:str)->dict:
+    "Parse the text cell format into an nbformat v4 notebook dict."
+    cells, kind, buf = [], None, []
+    def flush():
+        if kind is None: return
+        src = ''.join(buf).strip('\n')
+        cell = {'cell_type': kind, 'metadata': {}, 'source': _lines(src)}
+        if kind == 'code': cell.update(execution_count=None, outputs=[])
+        cells.append(cell)
+    for line in text.splitlines(keepends=True):
+        m = MARK.match(line.rstrip('\n'))
+        if m:
+            flush(); kind, buf = ('markdown' if m.group(1) else 'code'), []
+        else: buf.append(line)
+    flush()
+    return {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
+            'nbformat': 4, 'nbformat_minor': 5}
+
+def notebook_to_text(nb:dict)->str:
+    "Render a notebook's cells (sources only) in the text cell format."
+    out = []
+    for c in nb['cells']:
+        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+        out.append(('# %% [markdown]\n' if c['cell_type'] == 'markdown' else '# %%\n') + src.rstrip('\n') + '\n\n')
+    return ''.join(out)
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] not in ('to-nb', 'to-txt'): sys.exit(__doc__)
+    cmd, src, dst = argv
+    if cmd == 'to-nb':
+        nb = text_to_notebook(Path(src).read_text(encoding='utf-8'))
+        Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    else:
+        Path(dst).write_text(notebook_to_text(json.loads(Path(src).read_text(encoding='utf-8'))), encoding='utf-8')
+
+if __name__ == '__main__': main()

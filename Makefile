@@ -8,7 +8,7 @@ STAMP := $(VENV)/.m3reid-installed
 NBDEV_TEST_TIMEOUT ?= 2400
 PIP_NOISE := ^WARNING: Location .* is ignored
 
-.PHONY: install test check-sync nbtest pytest demo lab export clean-nbs bench
+.PHONY: install test check-sync nbtest pytest demo lab export clean-nbs bench readme
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ check-sync: $(STAMP)
 	before=$$(snap); $(BIN)/nbdev_clean; \
 	if [ "$$before" != "$$(snap)" ]; then echo "ERROR: notebooks were not clean. nbdev_clean has now cleaned them: review and commit (run 'make clean-nbs' before committing)."; exit 1; fi; \
 	$(BIN)/nbdev_export; \
-	if [ "$$before" != "$$(snap)" ]; then echo "ERROR: m3reid/ was out of sync with nbs/. nbdev_export has now regenerated it: review and commit (run 'make export' after editing a notebook)."; git status --short m3reid 2>/dev/null | head -20; exit 1; fi; \
+	if [ "$$before" != "$$(snap)" ]; then echo "ERROR: m3reid/ was out of sync with nbs/. nbdev_export has now regenerated it: review and commit (run 'make export' after editing a notebook)."; { git status --short m3reid 2>/dev/null || true; } | head -20; exit 1; fi; \
 	echo "Notebooks clean and m3reid/ in sync with nbs/."
 
 nbtest: $(STAMP)
@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(BIN)/m3reid-demo
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
+	$(BIN)/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir nbs $(if $(filter 0,$(shell id -u)),--allow-root)
 
 export: $(STAMP)
 	$(BIN)/nbdev_export
@@ -50,3 +50,6 @@ clean-nbs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/m3reid-bench all
+
+readme: $(STAMP)
+	$(PY) tools/readme.py

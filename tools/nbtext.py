@@ -1,7 +1,8 @@
 """Convert between a notebook and a plain-text cell file, for editing notebooks with a text editor.
 
 Text format: cells are separated by marker lines. `# %%` starts a code cell, `# %% [markdown]` a markdown cell
-(its lines are raw markdown). Everything before the first marker is ignored.
+(its lines are raw markdown, or commented jupytext-style: `# ` prefixes are then removed). Everything before the
+first marker is ignored.
 
     python tools/nbtext.py to-nb  cells.py nbs/30_metrics.ipynb   # text -> notebook (outputs dropped)
     python tools/nbtext.py to-txt nbs/30_metrics.ipynb cells.py   # notebook -> text
@@ -9,7 +10,7 @@ Text format: cells are separated by marker lines. `# %%` starts a code cell, `# 
 The notebook stays the source of truth: execute it afterwards (`jupyter nbconvert --execute --inplace`)
 and clean it (`nbdev_clean --fname ...`).
 """
-import json, re, sys
+import hashlib, json, re, sys
 from pathlib import Path
 
 MARK = re.compile(r'^# %%(?: \[(markdown|md)\])?\s*$')
@@ -19,13 +20,21 @@ def _lines(text):
     if lines: lines[-1] = lines[-1].rstrip('\n')
     return lines
 
+def uncomment_markdown(src:str)->str:
+    "Strip jupytext-style `# ` prefixes when every line of a markdown cell carries one."
+    lines = src.split('\n')
+    commented = all(l == '#' or l.startswith('# ') for l in lines) and (len(lines) > 1 or lines[0].startswith('# #'))
+    return '\n'.join(l[2:] for l in lines) if commented else src
+
 def text_to_notebook(text:str)->dict:
     "Parse the text cell format into an nbformat v4 notebook dict."
     cells, kind, buf = [], None, []
     def flush():
         if kind is None: return
         src = ''.join(buf).strip('\n')
-        cell = {'cell_type': kind, 'metadata': {}, 'source': _lines(src)}
+        if kind == 'markdown': src = uncomment_markdown(src)
+        cell_id = hashlib.sha1(f'{len(cells)}:{src}'.encode()).hexdigest()[:8]  # stable: exports don't churn
+        cell = {'cell_type': kind, 'id': cell_id, 'metadata': {}, 'source': _lines(src)}
         if kind == 'code': cell.update(execution_count=None, outputs=[])
         cells.append(cell)
     for line in text.splitlines(keepends=True):

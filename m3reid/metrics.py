@@ -41,7 +41,15 @@ def pairwise_distance(q:torch.Tensor, # [num_query, dim] query features
         else: torch.addmm(q2[s:s + step] + g2, qc, gt, alpha=-2, out=o).clamp_(min=0).sqrt_()
     return out
 
-# %% ../nbs/30_metrics.ipynb #ac7b282b
+# %% ../nbs/30_metrics.ipynb #0888945f
+def _no_valid_result(fn:str, Q:int, G:int, max_rank:int, camera_filter:bool)->dict:
+    "NaN metrics with `num_valid = 0`, and a warning: no query has a valid match."
+    warnings.warn(f'{fn}: no query has a valid match in the gallery ({Q} queries, {G} gallery entries, '
+                  f'camera_filter={camera_filter}); CMC, mAP and mINP are NaN', RuntimeWarning, stacklevel=3)
+    nan = float('nan')
+    return {'cmc': torch.full((max_rank,), nan, dtype=torch.float64), 'mAP': nan, 'mINP': nan, 'num_valid': 0,
+            'num_query': Q, 'num_gallery': G}
+
 def evaluate_reference(distmat:torch.Tensor, # [num_query, num_gallery] distances, lower is better
                        q_pids, # query identities (sequence or 1-D integer tensor)
                        g_pids, # gallery identities
@@ -67,8 +75,8 @@ def evaluate_reference(distmat:torch.Tensor, # [num_query, num_gallery] distance
         ranks = torch.nonzero(match)[:, 0].double() + 1
         k = torch.arange(1, len(ranks) + 1, device=dev, dtype=torch.float64)
         aps.append((k / ranks).mean()); inps.append(len(ranks) / ranks[-1])
-    if not cmcs: raise ValueError('evaluate_reference: no query has a valid match in the gallery')
     n = len(cmcs)
+    if n == 0: return _no_valid_result('evaluate_reference', distmat.shape[0], distmat.shape[1], max_rank, camera_filter)
     return {'cmc': torch.stack(cmcs).mean(0).cpu(), 'mAP': torch.stack(aps).mean().item(),
             'mINP': torch.stack(inps).mean().item(), 'num_valid': n,
             'num_query': distmat.shape[0], 'num_gallery': distmat.shape[1]}
@@ -94,7 +102,7 @@ def _same_id_table(q_pids:torch.Tensor, g_pids:torch.Tensor)->torch.Tensor:
     idx = order[(starts[grp][:, None] + j).clamp_(max=g_pids.numel() - 1)]
     return torch.where(j < n[:, None], idx, -1)
 
-# %% ../nbs/30_metrics.ipynb #a285ebd2
+# %% ../nbs/30_metrics.ipynb #a40496a4
 def _flat_nonzero(table:torch.Tensor, # [B, nbins] bool: flagged bins of each row
                   bins:torch.Tensor, # [B, G] int64 bin of every entry
                  )->torch.Tensor: # flat indices of the entries whose bin is flagged
@@ -143,7 +151,7 @@ def _positive_ranks(D:torch.Tensor, # [B, G] contiguous float distances of a chu
     smp = D[:, ::max(1, G // 64)]
     w = torch.maximum((hi - lo) / (nb - 1), (smp.amax() - smp.amin()) / (4 * G))
     scale = torch.where(w > 0, 1 / w, 0)
-    scale = torch.where(torch.isfinite(scale) & ((hi - lo) * scale < 2 * nb), scale, 0)
+    scale = torch.where(torch.isfinite(scale) & torch.isfinite(lo * scale) & ((hi - lo) * scale < 2 * nb), scale, 0)
     # non-decreasing map to bins 0..nb+1 (the positives land in 1..nb, half a bin from the edges); junk goes to nb+2
     bins = torch.addcmul(1.5 - lo * scale, D, scale).clamp_(0, nb + 1).long()
     pbin = bins.gather(1, pidx)
@@ -176,7 +184,7 @@ def _positive_ranks(D:torch.Tensor, # [B, G] contiguous float distances of a chu
     same = diff[:-1].cumsum(0, dtype=torch.int32).view(B, kmax)
     return torch.where(pvalid, (below + same).long() + 1, 0), npos
 
-# %% ../nbs/30_metrics.ipynb #df9ccf2e
+# %% ../nbs/30_metrics.ipynb #b0d13e1a
 def evaluate(distmat:torch.Tensor, # [num_query, num_gallery] distances, lower is a better match
              q_pids, # query identities (sequence or 1-D integer tensor)
              g_pids, # gallery identities
@@ -194,7 +202,9 @@ def evaluate(distmat:torch.Tensor, # [num_query, num_gallery] distances, lower i
                          f'{type(distmat).__name__} {tuple(getattr(distmat, "shape", ()))}')
     Q, G = distmat.shape
     if Q == 0 or G == 0: raise ValueError(f'evaluate: empty distance matrix {Q} x {G}')
-    if int(max_rank) != max_rank or max_rank < 1: raise ValueError(f'evaluate: max_rank must be >= 1, got {max_rank}')
+    if isinstance(max_rank, bool) or int(max_rank) != max_rank or max_rank < 1:
+        raise ValueError(f'evaluate: max_rank must be an integer >= 1, got {max_rank!r}')
+    max_rank = int(max_rank)
     if num_bins < 2: raise ValueError(f'evaluate: num_bins must be >= 2, got {num_bins}')
     dev = distmat.device
     q_pids, g_pids = _ids(q_pids, Q, 'q_pids', dev), _ids(g_pids, G, 'g_pids', dev)
@@ -225,15 +235,16 @@ def evaluate(distmat:torch.Tensor, # [num_query, num_gallery] distances, lower i
     valid = npos > 0
     n = int(valid.sum())
     if n == 0:
-        raise ValueError(f'evaluate: no query has a valid match in the gallery ({Q} queries, {G} gallery entries, '
-                         f'camera_filter={camera_filter})')
+        out = _no_valid_result('evaluate', Q, G, max_rank, camera_filter)
+        if per_query: out.update(ap=ap, inp=inp, first_rank=first, num_pos=npos)
+        return out
     hits = torch.bincount((first[valid] - 1).clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
     out = {'cmc': hits.cumsum(0).double() / n, 'mAP': ap[valid].mean().item(),
            'mINP': inp[valid].mean().item(), 'num_valid': n, 'num_query': Q, 'num_gallery': G}
     if per_query: out.update(ap=ap, inp=inp, first_rank=first, num_pos=npos)
     return out
 
-# %% ../nbs/30_metrics.ipynb #5bcce67d
+# %% ../nbs/30_metrics.ipynb #fb4c3e52
 DATASETS = ('HITSZVCM', 'BUPTCampus')
 PROTOCOLS = ('m3reid', 'official')
 
@@ -285,7 +296,7 @@ def evaluate_cross_modality(dataset:str, # 'HITSZVCM' or 'BUPTCampus'
         out[mode] = evaluate(D, q_pids[qi], g_pids[gi], q_cids[qi], g_cids[gi], **ev)
     return out
 
-# %% ../nbs/30_metrics.ipynb #b6434eed
+# %% ../nbs/30_metrics.ipynb #0975b9cd
 def summarize(result:dict, # an `evaluate` result, or {'i2v': result, 'v2i': result}
              )->dict: # r1, r5, r10, r20, mAP, mINP as floats (per mode for a two-mode dict)
     "Rank-1/5/10/20, mAP and mINP of a result as python floats."

@@ -12,9 +12,9 @@ from .core import time_fn, peak_memory, fmt_bytes, print_table
 from ..models.non_local import NonLocal
 
 # %% auto #0
-__all__ = ['bench_non_local', 'bench_full_model', 'main']
+__all__ = ['NL_PARTS', 'bench_non_local', 'bench_full_model', 'main']
 
-# %% ../../nbs/73_bench.model.ipynb #a6cc17b0
+# %% ../../nbs/73_bench.model.ipynb #13a2f553
 _MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536', 'MALLOC_TRIM_THRESHOLD_': '0'}
 
 def _in_child(worker:str, spec:dict):
@@ -27,8 +27,10 @@ def _in_child(worker:str, spec:dict):
     if r.returncode or not lines: raise RuntimeError(f"memory measurement in a child process failed:\n{r.stderr[-2000:]}")
     return json.loads(lines[-1][2:])
 
+NL_PARTS = ('attention fwd', 'attention fwd+bwd', 'block fwd', 'block fwd+bwd')
+
 def _nl_steps(batch, frames, channels, height, width, device, amp_dtype, explicit):
-    "Forward+backward closures of the attention step and of the whole block."
+    "Closures of the attention step and of the whole block: forward only (no_grad) and forward+backward."
     dev = torch.device(device)
     torch.manual_seed(0)
     nl = NonLocal(channels, explicit=explicit).to(dev).train()
@@ -36,16 +38,20 @@ def _nl_steps(batch, frames, channels, height, width, device, amp_dtype, explici
     N, ci = frames * height * width, nl.inter_channels
     qkv = [torch.randn(batch, N, ci, device=dev).requires_grad_() for _ in range(3)]
     ac = lambda: torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    def attention_fwd():
+        with ac(), torch.no_grad(): nl.attend(*qkv)
     def attention():
         with ac(): y = nl.attend(*qkv)
         y.float().sum().backward()
         for t in qkv: t.grad = None
+    def block_fwd():
+        with ac(), torch.no_grad(): nl(x)
     def block():
         xi = x.detach().requires_grad_()
         with ac(): y = nl(xi)
         y.float().square().mean().backward()
         nl.zero_grad(set_to_none=True)
-    return {'attention': attention, 'block': block}
+    return dict(zip(NL_PARTS, (attention_fwd, attention, block_fwd, block)))
 
 _DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -68,12 +74,12 @@ def bench_non_local(batch:int=4, # clips B
                     repeat:int=3, # timed runs
                     dtype:str='fp32', # 'fp32' or an autocast dtype: 'fp16' | 'bf16'
                    )->list: # rows: [part, path, best ms, peak bytes]
-    "Forward+backward time and peak memory of the attention step and the whole non-local block, SDPA vs explicit."
+    "Time and peak memory of the attention step and the whole non-local block (forward; forward+backward), SDPA vs explicit."
     shape = (batch, frames, channels, height, width)
     mem = _in_child('_nl_memory_worker', {'shape': shape, 'dtype': dtype}) if device == 'cpu' else {}
     steps = {path: _nl_steps(*shape, device, _DTYPES[dtype], path == 'explicit') for path in ('sdpa', 'explicit')}
     rows = []
-    for part in ('attention', 'block'):
+    for part in NL_PARTS:
         best = {}
         for path in ('sdpa', 'explicit'):
             fn = steps[path][part]; fn()
@@ -84,7 +90,7 @@ def bench_non_local(batch:int=4, # clips B
         rows += [[part, path, best[path] * 1e3, mem[f'{part}/{path}']] for path in ('sdpa', 'explicit')]
     return rows
 
-# %% ../../nbs/73_bench.model.ipynb #7cb59954
+# %% ../../nbs/73_bench.model.ipynb #b5b68357
 def _train_step(arch, batch, frames, height, width, num_classes, device, dtype, channels_last):
     "A closure running one full training step (forward, M3ReID criterion, backward, SGD step)."
     from m3reid.losses import M3ReIDCriterion
@@ -121,17 +127,18 @@ def bench_full_model(arch:str='resnet50', # backbone
                      channels_last:bool=False, # convert the model to channels_last
                      repeat:int=3, # timed steps
                      warmup:int=1, # untimed steps
-                    )->dict: # seconds per step, frames/s, peak bytes
+                     memory:bool=True, # measure peak memory (on CPU in a child process, which takes a few seconds)
+                    )->dict: # seconds per step, frames/s, peak bytes (None when not measured)
     "Time and peak memory of full training steps (forward, M3ReID criterion, backward, SGD step)."
     spec = dict(arch=arch, batch=batch, frames=frames, height=height, width=width, num_classes=num_classes,
                 device=device, dtype=dtype, channels_last=channels_last)
     step = _train_step(**spec)
     for _ in range(warmup): step()
-    mem = _in_child('_step_memory_worker', spec) if device == 'cpu' else peak_memory(step, device)
+    mem = None if not memory else _in_child('_step_memory_worker', spec) if device == 'cpu' else peak_memory(step, device)
     t = time_fn(step, repeat=repeat, warmup=0)
     return {'step_s': t['min'], 'frames_per_s': batch * frames / t['min'], 'peak_bytes': mem}
 
-# %% ../../nbs/73_bench.model.ipynb #97c5fb6b
+# %% ../../nbs/73_bench.model.ipynb #d76977ea
 def main(argv:list|None=None, # command-line arguments
         ):
     "`m3reid-bench model`: non-local SDPA vs explicit, a CPU training step, GPU training throughput."
@@ -148,20 +155,23 @@ def main(argv:list|None=None, # command-line arguments
     p.add_argument('--gpu-size', type=int, nargs=2, default=(288, 144), metavar=('H', 'W'), help='image size on the GPU')
     p.add_argument('--skip-nl', action='store_true', help='skip the non-local benchmark')
     p.add_argument('--skip-cpu-step', action='store_true', help='skip the CPU training step')
+    p.add_argument('--skip-cpu-step-memory', action='store_true', help='time the CPU training step without measuring its memory')
     p.add_argument('--no-gpu', action='store_true', help='skip the GPU benchmarks even if CUDA is available')
     a = p.parse_args(argv)
     (H, W) = a.map_size
     if not a.skip_nl:
         N = a.frames * H * W
-        print(f"\nNon-local block, forward+backward, CPU fp32: B={a.batch} clips, T={a.frames}, C={a.channels}, {H}x{W} (N={N:,})")
+        print(f"\nNon-local block, CPU fp32: B={a.batch} clips, T={a.frames}, C={a.channels}, {H}x{W} (N={N:,})")
         rows = bench_non_local(a.batch, a.frames, a.channels, H, W, 'cpu', a.repeat)
         _print_nl(rows)
     if not a.skip_cpu_step:
-        r = bench_full_model(a.arch, a.cpu_clips, a.frames, *a.cpu_size, device='cpu', repeat=a.repeat)
+        r = bench_full_model(a.arch, a.cpu_clips, a.frames, *a.cpu_size, device='cpu', repeat=a.repeat,
+                             memory=not a.skip_cpu_step_memory)
         print(f"\nFull training step on CPU ({a.arch}, {a.cpu_clips} clips x {a.frames} frames at {a.cpu_size[0]}x{a.cpu_size[1]}, fp32):")
-        print_table([[f"{r['step_s']:.2f}", f"{r['frames_per_s']:.1f}", fmt_bytes(r['peak_bytes'])]], ['s/step', 'frames/s', 'peak memory'])
+        mem = '-' if r['peak_bytes'] is None else fmt_bytes(r['peak_bytes'])
+        print_table([[f"{r['step_s']:.2f}", f"{r['frames_per_s']:.1f}", mem]], ['s/step', 'frames/s', 'peak memory'])
     if torch.cuda.is_available() and not a.no_gpu:
-        print(f"\nNon-local block on GPU, forward+backward: B=32, T={a.frames}, C={a.channels}, {H}x{W}")
+        print(f"\nNon-local block on GPU: B=32, T={a.frames}, C={a.channels}, {H}x{W}")
         for name in ('fp32', 'fp16'):
             print(f"-- {name}")
             _print_nl(bench_non_local(32, a.frames, a.channels, H, W, 'cuda', a.repeat, name))
@@ -179,9 +189,9 @@ def main(argv:list|None=None, # command-line arguments
 def _print_nl(rows):
     d = {(r[0], r[1]): r for r in rows}
     out = []
-    for part in ('attention', 'block'):
+    for part in NL_PARTS:
         s, e = d[(part, 'sdpa')], d[(part, 'explicit')]
         out.append([part, f"{s[2]:.1f}", f"{e[2]:.1f}", f"{e[2] / s[2]:.2f}x", fmt_bytes(s[3]), fmt_bytes(e[3]),
                     f"{e[3] / s[3]:.1f}x" if s[3] >= 64 * 1024 else '-'])
     print_table(out, ['part', 'sdpa ms', 'explicit ms', 'speed-up', 'sdpa peak', 'explicit peak', 'memory ratio'])
-    print('(forward + backward; times are the best of the runs, alternating the two paths)')
+    print('(fwd: forward only, no_grad; fwd+bwd: forward and backward; times: best of the runs, alternating the paths)')

@@ -109,13 +109,14 @@ def load_backbone_state(model:nn.Module, # a backbone from `build_backbone`
     model.load_state_dict(sd, strict=True)
     return model
 
-# %% ../../nbs/10_models.backbones.ipynb #134987fc
+# %% ../../nbs/10_models.backbones.ipynb #ecb0731a
 def hub_checkpoint_dir()->Path: # `$TORCH_HOME/hub/checkpoints` (torch's default cache)
     "Folder where torch keeps downloaded weights."
     return Path(torch.hub.get_dir()) / 'checkpoints'
 
 def _load_file(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise RuntimeError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
 
 def load_imagenet_state(arch:str, # name in `BACKBONES`
                         download:bool=True, # try a download when nothing is cached
@@ -126,8 +127,9 @@ def load_imagenet_state(arch:str, # name in `BACKBONES`
     folder = hub_checkpoint_dir()
     for name in spec.files:
         if (folder / name).is_file(): return _load_file(folder / name), str(folder / name)
-    err = 'download disabled'
-    if download and os.environ.get('M3REID_OFFLINE', '0') in ('', '0'):
+    offline = os.environ.get('M3REID_OFFLINE', '0') not in ('', '0')
+    err = 'download disabled by M3REID_OFFLINE' if offline else 'download disabled'
+    if download and not offline:
         try: return spec.weights.get_state_dict(progress=True), f"{spec.weights.url} (downloaded to {folder})"
         except Exception as e: err = f"download failed: {type(e).__name__}: {e}"
     raise FileNotFoundError(

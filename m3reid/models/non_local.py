@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['NonLocal']
 
-# %% ../../nbs/11_models.non_local.ipynb #285e988a
+# %% ../../nbs/11_models.non_local.ipynb #81d38a09
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# %% ../../nbs/11_models.non_local.ipynb #8e1b489b
+# %% ../../nbs/11_models.non_local.ipynb #dd61b908
 class NonLocal(nn.Module):
     "3-D embedded-Gaussian non-local block on [B, C, T, H, W], starting as the identity."
     def __init__(self,

@@ -14,13 +14,13 @@ import torch
 __all__ = ['DEMO_CONFIGS', 'data_folder_name', 'imagenet_weights_cached', 'demo_train_argv', 'before_after_table',
            'load_run_model', 'attention_of', 'run_figures', 'build_demo_parser', 'main']
 
-# %% ../nbs/80_demo.ipynb #cc16e27f
+# %% ../nbs/80_demo.ipynb #82092c85
 DEMO_CONFIGS = {
     'full': dict(
         data=dict(num_train_ids=48, num_test_ids=16, num_cameras=6, cams_per_id=3, tracks_per_cam=1, frames=(12, 24),
                   img_size=(64, 32), seed=0),
         train=dict(arch='resnet18', img_h=64, img_w=32, seq_len=2, p_num=8, k_num=2, sampler='cross_modality',
-                   lr=1e-3, epochs=30, milestones=[24], test_interval=10, log_interval=9)),
+                   lr=2e-3, epochs=30, milestones=[24], test_interval=10, log_interval=9)),
     'quick': dict(
         data=dict(num_train_ids=6, num_test_ids=4, num_cameras=3, cams_per_id=2, tracks_per_cam=1, frames=(12, 14),
                   short_prob=0.0, img_size=(32, 16), seed=0),

@@ -11,9 +11,10 @@ from PIL import Image
 from .manager import BUPT_CAMERAS
 
 # %% auto #0
-__all__ = ['UPPER_PATTERNS', 'LOWER_PATTERNS', 'ACCESSORIES', 'MARKER', 'PARTIAL', 'make_identity', 'make_camera', 'make_motion',
-           'render_materials', 'shade_frames', 'read_synthetic_info', 'make_synthetic_hitszvcm',
-           'make_synthetic_buptcampus', 'render_tracklet', 'build_synth_parser', 'synth_main']
+__all__ = ['UPPER_PATTERNS', 'LOWER_PATTERNS', 'ACCESSORIES', 'MARKER', 'PARTIAL', 'GENERATOR_VERSION', 'make_identity',
+           'make_camera', 'make_motion', 'render_materials', 'shade_frames', 'read_synthetic_info',
+           'make_synthetic_hitszvcm', 'make_synthetic_buptcampus', 'render_tracklet', 'build_synth_parser',
+           'synth_main']
 
 # %% ../../nbs/02_data.synthetic.ipynb #821b6de4
 UPPER_PATTERNS = ('plain', 'hstripes', 'vstripes', 'checker', 'diagonal', 'band', 'logo')
@@ -24,7 +25,7 @@ ACCESSORIES = ('none', 'backpack', 'bag', 'hat')
 # material indices of the label map (module-internal)
 BG, SKIN, HAIR, UP_A, UP_B, LOW_A, LOW_B, SHOE, ACC, HAT = range(10)
 
-# %% ../../nbs/02_data.synthetic.ipynb #9ab7ffa3
+# %% ../../nbs/02_data.synthetic.ipynb #2f719168
 def _rand_colour(rng, lo=0.05, hi=0.95):
     "A random saturated-ish RGB colour in [lo, hi]."
     c = rng.uniform(lo, hi, 3)
@@ -60,10 +61,16 @@ def make_identity(seed:int, # dataset seed
     rgb[SHOE] = rng.uniform(0.02, 0.3, 3)
     ir = np.zeros(10)
     ir[SKIN], ir[HAIR] = rng.uniform(0.82, 0.97), rng.uniform(0.25, 0.45)
-    ir[UP_A], ir[LOW_A], ir[ACC], ir[HAT] = rng.uniform(0.2, 0.8, 4)
-    # thermal contrast of the pattern, independent of the colour contrast (sign and size)
+    # infrared brightness of a material: half its own draw, half its lightness (near-infrared light is reflected
+    # much like visible light by many fabrics)
+    lum = lambda c: float(c @ np.array([0.299, 0.587, 0.114]))
+    for r, u in zip((UP_A, LOW_A, ACC, HAT), rng.uniform(0.2, 0.8, 4)): ir[r] = 0.5 * u + 0.5 * (0.15 + 0.7 * lum(rgb[r]))
+    # infrared contrast of the pattern: its sign follows the lightness contrast, its size is drawn
     for a, b in ((UP_A, UP_B), (LOW_A, LOW_B)):
-        ir[b] = np.clip(ir[a] + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4), 0.1, 0.95)
+        sign, size = rng.choice([-1, 1]), rng.uniform(0.2, 0.4)
+        dl = lum(rgb[a]) - lum(rgb[b])
+        if abs(dl) > 0.05: sign = -1 if dl > 0 else 1
+        ir[b] = np.clip(ir[a] + sign * size, 0.1, 0.95)
     ir[SHOE] = rng.uniform(0.15, 0.35)
     d['rgb'], d['ir'] = rgb, ir
     return d
@@ -212,12 +219,14 @@ def shade_frames(lab:np.ndarray, lx:np.ndarray, # material map and body-x from `
     else: raise ValueError(f"modality must be 'RGB' or 'IR', got {modality!r}")
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-# %% ../../nbs/02_data.synthetic.ipynb #54e01b48
+# %% ../../nbs/02_data.synthetic.ipynb #f106aedd
 MARKER, PARTIAL = '.synthetic_complete', '.synthetic_incomplete'
+
+GENERATOR_VERSION = 2  # stored in the marker: a dataset written by an older generator is not silently re-used
 
 def _prepare_root(root:Path, dataset:str, params:dict, owned:list[str]) -> dict|None:
     "Marker logic: the stored info when `root` already holds this dataset, else None after readying the folder."
-    params = json.loads(json.dumps(params))
+    params = json.loads(json.dumps({**params, 'generator': GENERATOR_VERSION}))
     if (root / MARKER).is_file():
         info = json.loads((root / MARKER).read_text())
         if info.get('dataset') == dataset and info.get('params') == params: return info
@@ -241,7 +250,7 @@ def _prepare_root(root:Path, dataset:str, params:dict, owned:list[str]) -> dict|
 
 def _finish_root(root:Path, dataset:str, params:dict, counts:dict, seconds:float) -> dict:
     "Write the completion marker and drop the partial one."
-    info = {'dataset': dataset, 'params': json.loads(json.dumps(params)), 'counts': counts, 'seconds': round(seconds, 2)}
+    info = {'dataset': dataset, 'params': json.loads(json.dumps({**params, 'generator': GENERATOR_VERSION})), 'counts': counts, 'seconds': round(seconds, 2)}
     (root / MARKER).write_text(json.dumps(info, indent=1))
     (root / PARTIAL).unlink()
     return info

@@ -98,14 +98,15 @@ class ClipTransform(torch.nn.Module):
 
 def _normalize(): return [NormalizeClip(IMAGENET_MEAN, IMAGENET_STD)]
 
-# %% ../../nbs/04_data.transforms.ipynb #bf631c45
+# %% ../../nbs/04_data.transforms.ipynb #80c59feb
 def train_transforms(img_h:int=288, # output height
                      img_w:int=144, # output width
-                     padding:int=5, # zero padding before the random crop
+                     padding:int|None=None, # zero padding before the random crop (None: round(5 * img_w / 144))
                      erasing_p:float=0.5, # RandomErasing probability
                      grayscale_p:float=0.5, # WeightedGrayscale probability (visible clips)
                     )->tuple: # (ir_transform, rgb_transform)
     "The original's training pipelines for infrared and visible clips, clip-synchronous."
+    if padding is None: padding = round(5 * img_w / 144)
     def build(rgb):
         return ClipTransform([v2.Resize((img_h, img_w), antialias=True)]
                              + ([WeightedGrayscale(p=grayscale_p)] if rgb else [])

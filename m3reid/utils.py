@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['set_seed', 'get_rng_states', 'set_rng_states', 'time_str', 'RunDir', 'make_run_dir', 'TeeLogger', 'AverageMeter']
+__all__ = ['set_seed', 'get_rng_states', 'set_rng_states', 'time_str', 'RunDir', 'make_run_dir', 'atomic_write', 'TeeLogger',
+           'AverageMeter']
 
 # %% ../nbs/00_utils.ipynb #3a91cf16
 def set_seed(seed:int, # the seed for python, numpy, torch and CUDA
@@ -74,6 +75,22 @@ def make_run_dir(output_dir, # the root of all runs, `ckptlog` in the original
     "Create `<output_dir>/<dataset>/Time-<stamp>[_<desc>]/` with its sub-folders."
     name = f'Time-{stamp or time_str()}' + (f'_{desc}' if desc else '')
     return RunDir(Path(output_dir)/dataset/name).create()
+
+# %% ../nbs/00_utils.ipynb #a7c1e0f2
+def atomic_write(path, # the final file
+                 write, # called with the open temporary file
+                 binary:bool=True, # open the file in binary mode (text mode is UTF-8)
+                ):
+    "Write `path` through a temporary file in the same folder, fsync, then rename it onto `path`."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        with open(tmp, 'wb' if binary else 'w', **({} if binary else {'encoding': 'utf-8'})) as f:
+            write(f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
 
 # %% ../nbs/00_utils.ipynb #ddc38f3f
 class _Tee:

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VIEW_NAMES', 'save_figure', 'clip_to_images', 'load_clip', 'TrackletClips',
-           'load_scalars', 'load_metrics', 'plot_curves', 'plot_cmc', 'rank_gallery', 'plot_ranked_list',
-           'attention_maps', 'plot_attention']
+__all__ = ['VIEW_NAMES', 'save_figure', 'clip_to_images', 'load_clip', 'TrackletClips', 'load_scalars', 'load_metrics',
+           'plot_curves', 'plot_cmc', 'rank_gallery', 'plot_ranked_list', 'attention_maps', 'plot_attention']
 
 # %% ../nbs/60_viz.ipynb #a294e389
 def _new_figure(width:float, height:float):
@@ -33,8 +32,7 @@ def save_figure(fig, # a matplotlib Figure
     return path
 
 # %% ../nbs/60_viz.ipynb #b53a7ffb
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 def clip_to_images(clip, # [T,3,H,W] or [3,H,W] tensor/array: uint8, float in [0,1], or normalised
                    mean=None, # per-channel mean to undo (e.g. `IMAGENET_MEAN`)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.dataset import VideoVIDataset
 from ..data.transforms import test_transforms
+from ..utils import atomic_write
 from ..metrics import evaluate_cross_modality, summarize
 
 # %% auto #0
@@ -207,11 +208,7 @@ def _json_safe(obj):
 def _dump_metrics(data:list)->str: return json.dumps(_json_safe(data), indent=1, allow_nan=False) + '\n'
 
 def _atomic_write_text(path:Path, text:str):
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 def read_metrics(path)->list: # the records, [] when the file does not exist
     "Read a `metrics.json` list."

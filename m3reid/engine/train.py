@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..utils import set_seed, get_rng_states, set_rng_states, make_run_dir, RunDir, TeeLogger, AverageMeter
+from ..utils import atomic_write, set_seed, get_rng_states, set_rng_states, make_run_dir, RunDir, TeeLogger, AverageMeter
 from .evaluate import (build_test_sets, evaluate_model, format_eval_block, log_eval_tensorboard,
                                     append_metrics, truncate_metrics, make_eval_record, mean_map)
 
@@ -153,15 +153,7 @@ def atomic_torch_save(obj, # anything `torch.save` accepts
                       path, # final file name
                      ):
     "`torch.save` to a temporary file in the same folder, fsync, then rename onto `path`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 def save_checkpoint(path, # e.g. `<run>/modelckpt/model_epoch-N.pth`
                     model:torch.nn.Module, # model (wrapped or not)

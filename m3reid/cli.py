@@ -56,6 +56,8 @@ def build_train_parser()->argparse.ArgumentParser:
     g = p.add_argument_group('model and optimisation')
     g.add_argument('--model', default='m3reid', help='registered method (m3reid.models.registry.METHODS)')
     g.add_argument('--arch', default='resnet50', help='backbone: resnet18 | resnet34 | resnet50')
+    g.add_argument('--last_stride', type=int, default=2, choices=(1, 2),
+                   help='stride of layer4: 2 as in the original; 1 doubles the final map (a common ReID choice)')
     g.add_argument('--pretrained', default='imagenet', help="backbone weights: 'imagenet', 'none' or a file path")
     g.add_argument('--epochs', type=_pos_int, default=200, help='training epochs')
     g.add_argument('--milestones', type=_pos_int, nargs='+', default=[80, 120], help='epochs at which lr is multiplied by --gamma')
@@ -118,7 +120,7 @@ def train(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
 
 # %% ../nbs/50_cli.ipynb #950dc69d
 _TEST_DEFAULTS = dict(dataset='HITSZVCM', dataset_dir='../Datasets/HITSZ-VCM', img_h=288, img_w=144, seq_len=6,
-                      model='m3reid', arch='resnet50', eval_protocol='m3reid')
+                      model='m3reid', arch='resnet50', last_stride=2, eval_protocol='m3reid')
 
 def build_test_parser()->argparse.ArgumentParser:
     "The `m3reid-test` argument parser (the original's arguments first)."
@@ -136,6 +138,7 @@ def build_test_parser()->argparse.ArgumentParser:
     g = p.add_argument_group('ours')
     g.add_argument('--model', default=None, help='method (default: checkpoint, else m3reid)')
     g.add_argument('--arch', default=None, help='backbone (default: checkpoint, else resnet50)')
+    g.add_argument('--last_stride', type=int, default=None, choices=(1, 2), help='stride of layer4 (default: checkpoint, else 2)')
     g.add_argument('--seq_len', type=_pos_int, default=None, help='frames per clip (default: checkpoint, else 6)')
     g.add_argument('--num_classes', type=_pos_int, default=None, help='classifier size (default: checkpoint)')
     g.add_argument('--device', default='auto', help='auto | cpu | cuda (default auto)')
@@ -173,7 +176,7 @@ def run_test(args:argparse.Namespace, # from `build_test_parser`
     if args.amp_dtype: resolve_amp(False, args.amp_dtype, device)
     manager = _load_manager(args, verbose=True)
     if num_classes is None: num_classes = manager.train_num_pids
-    build_args = argparse.Namespace(model=args.model, arch=args.arch, pretrained=None)
+    build_args = argparse.Namespace(model=args.model, arch=args.arch, last_stride=args.last_stride, pretrained=None)
     model, _ = _build_model(build_args, num_classes, device)
     if ckpt['plain']: print(f"WARNING: {path} is a plain state dict: model options come from the command line / defaults")
     load_model_weights(model, ckpt['model'], str(path))

@@ -65,6 +65,7 @@ def demo_train_argv(config:dict, # an entry of `DEMO_CONFIGS`
             '--lr', str(t['lr']), '--epochs', str(t['epochs']), '--milestones', *map(str, t['milestones']),
             '--test_interval', str(t['test_interval']), '--log_interval', str(t['log_interval']), '--save_interval', str(t['epochs']), '--keep_last', '1',
             '--test_at_start', '--device', device, '--workers', str(workers), '--seed', str(seed)]
+    if 'last_stride' in t: argv += ['--last_stride', str(t['last_stride'])]
     return argv
 
 # %% ../nbs/80_demo.ipynb #dbb7fb5c
@@ -102,7 +103,8 @@ def load_run_model(run_dir:str|Path, # a training run folder
     ckpt = load_checkpoint(path)
     args = ckpt.get('args') or {}
     num_classes = ckpt.get('num_classes') or ckpt['model']['classifier.weight'].shape[0]
-    model, _ = build_method(args.get('model', 'm3reid'), int(num_classes), arch=args.get('arch', 'resnet50'), pretrained=None,
+    model, _ = build_method(args.get('model', 'm3reid'), int(num_classes), arch=args.get('arch', 'resnet50'),
+                            last_stride=args.get('last_stride', 2), pretrained=None,
                             verbose=False)
     load_model_weights(model, ckpt['model'], str(path), min_match=1.0)
     return model.to(device).eval(), args, path
@@ -128,6 +130,7 @@ def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
                 device='cpu', # device for the embeddings
                 topk:int=5, # gallery tracklets in the ranked lists
                 dpi:int=80, # PNG resolution
+                attention_frames:int=6, # frames of the clip in the attention figure (any T works at inference)
                )->dict: # figure name -> path written
     "Draw the curves, CMC, ranked-list and attention figures of a run into `<run_dir>/figures/`."
     from m3reid import viz
@@ -156,10 +159,10 @@ def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
                                    qset.pids[i], qset.cids[i], gset.pids, gset.cids, topk=topk,
                                    title=f'{mode}: query {i} and its top-{topk} (green: same identity, red: other, gray: junk)')
         paths[f'ranked_{mode}'] = viz.save_figure(fig, out/f'ranked_{mode}.png', dpi)
-    clip = qs[0][0]
+    clip = build_test_sets(dm, args['img_h'], args['img_w'], attention_frames)[0][0][0]
     maps = attention_of(model, clip[None].to(device))[0]
     fig = viz.plot_attention(clip, maps, mean=viz.IMAGENET_MEAN, std=viz.IMAGENET_STD,
-                             title=f'attention maps\nquery 0 (id {qs.pids[0]}, IR)')
+                             title=f'attention maps of query 0 (id {qs.pids[0]}, IR), {attention_frames} frames')
     paths['attention'] = viz.save_figure(fig, out/'attention.png', dpi)
     return paths
 

@@ -4,13 +4,14 @@ Text format: cells are separated by marker lines. `# %%` starts a code cell, `# 
 (its lines are raw markdown, or commented jupytext-style: `# ` prefixes are then removed). Everything before the
 first marker is ignored.
 
-    python tools/nbtext.py to-nb  cells.py nbs/30_metrics.ipynb   # text -> notebook (outputs dropped)
+    python tools/nbtext.py to-nb  cells.py nbs/30_metrics.ipynb   # text -> notebook (outputs dropped; the ids of
+                                                                   # cells matching the existing notebook's are kept)
     python tools/nbtext.py to-txt nbs/30_metrics.ipynb cells.py   # notebook -> text
 
 The notebook stays the source of truth: execute it afterwards (`jupyter nbconvert --execute --inplace`)
 and clean it (`nbdev_clean --fname ...`).
 """
-import hashlib, json, re, sys
+import difflib, hashlib, json, re, sys
 from pathlib import Path
 
 MARK = re.compile(r'^# %%(?: \[(markdown|md)\])?\s*$')
@@ -46,6 +47,20 @@ def text_to_notebook(text:str)->dict:
     return {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
             'nbformat': 4, 'nbformat_minor': 5}
 
+def keep_cell_ids(old:dict, new:dict)->dict:
+    "Give `new`'s cells the ids of the `old` cells they replace (aligned by source), so that exports don't churn."
+    src = lambda c: c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+    oc, nc = old['cells'], new['cells']
+    sm = difflib.SequenceMatcher(a=[src(c) for c in oc], b=[src(c) for c in nc], autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == 'equal' or (tag == 'replace' and i2 - i1 == j2 - j1):
+            for i, j in zip(range(i1, i2), range(j1, j2)):
+                if oc[i]['cell_type'] == nc[j]['cell_type'] and 'id' in oc[i]: nc[j]['id'] = oc[i]['id']
+    ids = [c['id'] for c in nc]
+    if len(set(ids)) != len(ids):  # an old id collides with a new hash id: keep the fresh ids
+        return text_to_notebook(notebook_to_text(new))
+    return new
+
 def notebook_to_text(nb:dict)->str:
     "Render a notebook's cells (sources only) in the text cell format."
     out = []
@@ -60,6 +75,7 @@ def main(argv=None):
     cmd, src, dst = argv
     if cmd == 'to-nb':
         nb = text_to_notebook(Path(src).read_text(encoding='utf-8'))
+        if Path(dst).is_file(): nb = keep_cell_ids(json.loads(Path(dst).read_text(encoding='utf-8')), nb)
         Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
     else:
         Path(dst).write_text(notebook_to_text(json.loads(Path(src).read_text(encoding='utf-8'))), encoding='utf-8')

@@ -12,7 +12,7 @@ from .core import time_fn, peak_memory, fmt_bytes, print_table
 from ..models.non_local import NonLocal
 
 # %% auto #0
-__all__ = ['NL_PARTS', 'bench_non_local', 'bench_full_model', 'main']
+__all__ = ['NL_PARTS', 'bench_non_local', 'bench_full_model', 'product_bound', 'main']
 
 # %% ../../nbs/73_bench.model.ipynb #13a2f553
 _MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536', 'MALLOC_TRIM_THRESHOLD_': '0'}
@@ -138,6 +138,23 @@ def bench_full_model(arch:str='resnet50', # backbone
     t = time_fn(step, repeat=repeat, warmup=0)
     return {'step_s': t['min'], 'frames_per_s': batch * frames / t['min'], 'peak_bytes': mem}
 
+# %% ../../nbs/73_bench.model.ipynb #66e930d2
+def product_bound(batch:int=4, # clips B
+                  frames:int=6, # T
+                  channels:int=512, # C (inter channels C // 4)
+                  height:int=36, # map height
+                  width:int=18, # map width
+                  repeat:int=3, # timed runs
+                 )->float: # seconds of the faster of the two product shapes
+    "Time one batched N x Ci x N product of the attention step on CPU (θᵀφ, and A·g), fp32."
+    N, ci = frames * height * width, max(channels // 4, 1)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(batch, N, ci, generator=g), torch.randn(batch, N, ci, generator=g)
+    a = torch.rand(batch, N, N, generator=g)
+    scores = time_fn(lambda: torch.bmm(q, k.transpose(1, 2)), repeat=repeat, warmup=1)['min']
+    mix = time_fn(lambda: torch.bmm(a, k), repeat=repeat, warmup=1)['min']
+    return min(scores, mix)
+
 # %% ../../nbs/73_bench.model.ipynb #d76977ea
 def main(argv:list|None=None, # command-line arguments
         ):
@@ -164,6 +181,11 @@ def main(argv:list|None=None, # command-line arguments
         print(f"\nNon-local block, CPU fp32: B={a.batch} clips, T={a.frames}, C={a.channels}, {H}x{W} (N={N:,})")
         rows = bench_non_local(a.batch, a.frames, a.channels, H, W, 'cpu', a.repeat)
         _print_nl(rows)
+        prod_ms = product_bound(a.batch, a.frames, a.channels, H, W, a.repeat) * 1e3
+        expl_ms = next(r[2] for r in rows if r[:2] == ['attention fwd+bwd', 'explicit'])
+        print(f"One N x Ci x N product: {prod_ms:.1f} ms. Forward+backward, the explicit attention step computes 6 of them "
+              f"(measured {expl_ms:.1f} ms = {expl_ms / prod_ms:.1f} products' time), a fused one at least 7 (it recomputes "
+              f"the scores): its speed-up over the explicit step is at most {expl_ms / (7 * prod_ms):.2f}x on this machine.")
     if not a.skip_cpu_step:
         r = bench_full_model(a.arch, a.cpu_clips, a.frames, *a.cpu_size, device='cpu', repeat=a.repeat,
                              memory=not a.skip_cpu_step_memory)

@@ -61,10 +61,10 @@ def make_identity(seed:int, # dataset seed
     rgb[SHOE] = rng.uniform(0.02, 0.3, 3)
     ir = np.zeros(10)
     ir[SKIN], ir[HAIR] = rng.uniform(0.82, 0.97), rng.uniform(0.25, 0.45)
-    # infrared brightness of a material: half its own draw, half its lightness (near-infrared light is reflected
-    # much like visible light by many fabrics)
+    # infrared brightness of a material: a quarter its own draw, three quarters its lightness (near-infrared light
+    # is reflected much like visible light by many fabrics)
     lum = lambda c: float(c @ np.array([0.299, 0.587, 0.114]))
-    for r, u in zip((UP_A, LOW_A, ACC, HAT), rng.uniform(0.2, 0.8, 4)): ir[r] = 0.5 * u + 0.5 * (0.15 + 0.7 * lum(rgb[r]))
+    for r, u in zip((UP_A, LOW_A, ACC, HAT), rng.uniform(0.2, 0.8, 4)): ir[r] = 0.25 * u + 0.75 * (0.15 + 0.7 * lum(rgb[r]))
     # infrared contrast of the pattern: its sign follows the lightness contrast, its size is drawn
     for a, b in ((UP_A, UP_B), (LOW_A, LOW_B)):
         sign, size = rng.choice([-1, 1]), rng.uniform(0.2, 0.4)
@@ -222,7 +222,7 @@ def shade_frames(lab:np.ndarray, lx:np.ndarray, # material map and body-x from `
 # %% ../../nbs/02_data.synthetic.ipynb #f106aedd
 MARKER, PARTIAL = '.synthetic_complete', '.synthetic_incomplete'
 
-GENERATOR_VERSION = 2  # stored in the marker: a dataset written by an older generator is not silently re-used
+GENERATOR_VERSION = 3  # stored in the marker: a dataset written by an older generator is not silently re-used
 
 def _prepare_root(root:Path, dataset:str, params:dict, owned:list[str]) -> dict|None:
     "Marker logic: the stored info when `root` already holds this dataset, else None after readying the folder."

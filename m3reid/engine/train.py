@@ -22,7 +22,7 @@ __all__ = ['CKPT_FORMAT', 'UsageError', 'CheckpointError', 'NonFiniteLossError',
            'cleanup_distributed', 'barrier', 'resolve_device', 'resolve_amp', 'split_validation', 'unwrap_model',
            'atomic_torch_save', 'save_checkpoint', 'is_complete_checkpoint', 'load_checkpoint', 'load_model_weights',
            'list_checkpoints', 'find_latest_checkpoint', 'prune_checkpoints', 'remove_stale_tmp', 'train_one_epoch',
-           'convert_sync_bn', 'sync_buffers', 'train']
+           'convert_sync_bn', 'build_optimizer', 'sync_buffers', 'train']
 
 # %% ../../nbs/40_engine.train.ipynb #abe05a88
 class UsageError(ValueError):
@@ -350,7 +350,8 @@ def _build_model(args, num_classes:int, device:torch.device):
     from m3reid.models.registry import build_method
     pre = args.pretrained
     pretrained = None if pre is None or str(pre).lower() == 'none' else pre
-    try: model, criterion = build_method(args.model, num_classes, arch=args.arch, pretrained=pretrained)
+    try: model, criterion = build_method(args.model, num_classes, arch=args.arch, pretrained=pretrained,
+                                         last_stride=getattr(args, 'last_stride', 2))
     except FileNotFoundError as e:
         raise UsageError(f"{e}\nTo train without ImageNet weights pass --pretrained none; "
                          f"or give a weights file with --pretrained PATH.") from e
@@ -384,8 +385,17 @@ def _build_sampler(args, dataset, dist_info:DistInfo):
                          f"{dist_info.world_size} rank(s)); lower --p_num/--k_num")
     return s
 
+# %% ../../nbs/40_engine.train.ipynb #bf2ae282
+def build_optimizer(params, # the model's parameters
+                    lr:float, # --lr
+                    wd:float, # --wd (L2, added to the gradient as in `torch.optim.Adam`)
+                    device:torch.device, # training device: fused kernels exist for CPU and CUDA
+                   )->torch.optim.Adam:
+    "The original's Adam, fused where PyTorch has the kernel."
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=device.type in ('cpu', 'cuda'))
+
 # %% ../../nbs/40_engine.train.ipynb #80fb8c3e
-_COMPARE_KEYS = ('model', 'arch', 'seq_len', 'img_h', 'img_w', 'p_num', 'k_num', 'lr', 'wd', 'epochs', 'milestones',
+_COMPARE_KEYS = ('model', 'arch', 'last_stride', 'seq_len', 'img_h', 'img_w', 'p_num', 'k_num', 'lr', 'wd', 'epochs', 'milestones',
                  'gamma', 'seed', 'sampler', 'dataset', 'val_ids')
 
 def _resolve_resume(args, run:RunDir, dist_info:DistInfo)->Path|None:
@@ -500,7 +510,7 @@ def _train(args, dist_info:DistInfo, stack:contextlib.ExitStack)->dict:
     val_set = build_test_sets(val_view, args.img_h, args.img_w, args.seq_len, args.test_clips)[0] if val_view else None
     model, criterion = _build_model(args, num_classes, device)
     if args.sync_bn: model = convert_sync_bn(model, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    optimizer = build_optimizer(model.parameters(), args.lr, args.wd, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.milestones), gamma=args.gamma)
     scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
     if dist_info.enabled: set_seed(args.seed + dist_info.rank, deterministic=args.deterministic)  # distinct augmentation per rank

@@ -51,14 +51,14 @@ def keep_cell_ids(old:dict, new:dict)->dict:
     "Give `new`'s cells the ids of the `old` cells they replace (aligned by source), so that exports don't churn."
     src = lambda c: c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
     oc, nc = old['cells'], new['cells']
+    fresh = [c['id'] for c in nc]
     sm = difflib.SequenceMatcher(a=[src(c) for c in oc], b=[src(c) for c in nc], autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == 'equal' or (tag == 'replace' and i2 - i1 == j2 - j1):
             for i, j in zip(range(i1, i2), range(j1, j2)):
                 if oc[i]['cell_type'] == nc[j]['cell_type'] and 'id' in oc[i]: nc[j]['id'] = oc[i]['id']
-    ids = [c['id'] for c in nc]
-    if len(set(ids)) != len(ids):  # an old id collides with a new hash id: keep the fresh ids
-        return text_to_notebook(notebook_to_text(new))
+    if len({c['id'] for c in nc}) != len(nc):  # an old id collides with a new hash id: keep the fresh ids
+        for c, i in zip(nc, fresh): c['id'] = i
     return new
 
 def notebook_to_text(nb:dict)->str:

@@ -351,7 +351,7 @@ def _build_model(args, num_classes:int, device:torch.device):
     pre = args.pretrained
     pretrained = None if pre is None or str(pre).lower() == 'none' else pre
     try: model, criterion = build_method(args.model, num_classes, arch=args.arch, pretrained=pretrained,
-                                         last_stride=getattr(args, 'last_stride', 2))
+                                         last_stride=args.last_stride)
     except FileNotFoundError as e:
         raise UsageError(f"{e}\nTo train without ImageNet weights pass --pretrained none; "
                          f"or give a weights file with --pretrained PATH.") from e

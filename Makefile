@@ -8,7 +8,7 @@ STAMP := $(VENV)/.m3reid-installed
 NBDEV_TEST_TIMEOUT ?= 2400
 PIP_NOISE := ^WARNING: Location .* is ignored
 
-.PHONY: install test check-sync nbtest pytest demo lab export clean-nbs bench readme
+.PHONY: install test check-sync nbtest pytest demo lab export clean-nbs bench gpu-check readme
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ clean-nbs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/m3reid-bench all
+
+# one command that validates and measures every CUDA path (tiny CPU run, GPU rows "not measured", without CUDA)
+gpu-check: $(STAMP)
+	$(BIN)/m3reid-bench gpu
 
 readme: $(STAMP)
 	$(PY) tools/readme.py

@@ -37,7 +37,7 @@ setup(
     packages=find_packages(include=[lib, lib + '.*']),
     include_package_data=True,
     install_requires=shlex.split(cfg.get('requirements', '')),
-    extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
+    extras_require={name: shlex.split(cfg.get(f'{name}_requirements', '')) for name in ('dev', 'export', 'faiss')},
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f'{lib}={lib}._modidx:d'],

@@ -51,6 +51,7 @@ class BackboneSpec:
     builder:callable # `builder(last_stride=...) -> nn.Module` returning a feature map
     weights:object=None # torchvision weights enum member (has `.url` and `.get_state_dict`)
     legacy_files:tuple=() # other accepted file names in the torch hub cache
+    non_local:tuple|None=None # default non-local blocks per stage for M3ReID (None: none)
 
     @property
     def files(self)->list: # weight file names accepted in the hub cache, preferred first
@@ -64,9 +65,10 @@ def register_backbone(name:str, # architecture name used by `--arch`
                       builder:callable, # `builder(last_stride=...) -> nn.Module`
                       weights=None, # torchvision weights enum member for `pretrained='imagenet'`
                       legacy_files:tuple=(), # other accepted cache file names
+                      non_local:tuple|None=None, # default non-local blocks per stage (M3ReID); None: none
                      )->BackboneSpec:
     "Add an architecture to `BACKBONES`."
-    BACKBONES[name] = spec = BackboneSpec(builder, weights, tuple(legacy_files))
+    BACKBONES[name] = spec = BackboneSpec(builder, weights, tuple(legacy_files), None if non_local is None else tuple(non_local))
     return spec
 
 def _resnet(block, layers):

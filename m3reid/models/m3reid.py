@@ -26,7 +26,11 @@ def resolve_non_local(arch:str, # backbone name
                       stage_blocks:list, # blocks per stage of the built backbone
                      )->tuple: # 4 ints
     "Check a non-local placement against the backbone's stages."
-    counts = DEFAULT_NON_LOCAL.get(arch, (0, 0, 0, 0)) if non_local is None else tuple(int(k) for k in non_local)
+    if non_local is None:
+        from .backbones import BACKBONES
+        spec = BACKBONES.get(arch)
+        counts = DEFAULT_NON_LOCAL.get(arch) or (spec.non_local if spec is not None else None) or (0, 0, 0, 0)
+    else: counts = tuple(int(k) for k in non_local)
     if len(counts) != 4: raise ValueError(f"non_local must give 4 block counts (one per stage), got {non_local!r}")
     for i, (k, n) in enumerate(zip(counts, stage_blocks), 1):
         if not 0 <= k <= n:

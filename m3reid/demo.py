@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from .engine.config import TrainConfig, config_to_argv
+
 # %% auto #0
-__all__ = ['DEMO_CONFIGS', 'data_folder_name', 'imagenet_weights_cached', 'demo_train_argv', 'before_after_table',
-           'load_run_model', 'attention_of', 'run_figures', 'build_demo_parser', 'main']
+__all__ = ['DEMO_CONFIGS', 'data_folder_name', 'imagenet_weights_cached', 'demo_config', 'before_after_table', 'attention_of',
+           'run_figures', 'build_demo_parser', 'main']
 
 # %% ../nbs/80_demo.ipynb #82092c85
 DEMO_CONFIGS = {
@@ -43,30 +45,24 @@ def imagenet_weights_cached(arch:str='resnet18', # backbone name
         if p.is_file(): return p
     return None
 
-def demo_train_argv(config:dict, # an entry of `DEMO_CONFIGS`
-                    data_dir:str|Path, # the synthetic dataset
-                    output_dir:str|Path, # root of the run folders
-                    seed:int=0, # training seed
-                    epochs:int|None=None, # override the configuration's epochs
-                    pretrained:str='none', # 'none' | 'imagenet'
-                    device:str='cpu', # training device
-                    workers:int=0, # DataLoader workers
-                   )->list: # arguments for `m3reid.cli.build_train_parser`
-    "The `m3reid-train` arguments of a demo run."
+def demo_config(config:dict, # an entry of `DEMO_CONFIGS`
+                data_dir:str|Path, # the synthetic dataset
+                output_dir:str|Path, # root of the run folders
+                seed:int=0, # training seed
+                epochs:int|None=None, # override the configuration's epochs
+                pretrained:str='none', # 'none' | 'imagenet'
+                device:str='cpu', # training device
+                workers:int=0, # DataLoader workers
+               )->TrainConfig:
+    "The `TrainConfig` of a demo run."
     t = dict(config['train'])
     if epochs is not None:
         t['epochs'] = epochs
         t['milestones'] = [m for m in t['milestones'] if m < epochs] or [epochs + 1]
         t['test_interval'] = min(t['test_interval'], epochs)
-    argv = ['--dataset', 'HITSZVCM', '--dataset_dir', str(data_dir), '--output_dir', str(output_dir), '--desc', 'demo',
-            '--model', 'm3reid', '--arch', t['arch'], '--pretrained', pretrained,
-            '--img_h', str(t['img_h']), '--img_w', str(t['img_w']), '--seq_len', str(t['seq_len']),
-            '--p_num', str(t['p_num']), '--k_num', str(t['k_num']), '--sampler', t['sampler'],
-            '--lr', str(t['lr']), '--epochs', str(t['epochs']), '--milestones', *map(str, t['milestones']),
-            '--test_interval', str(t['test_interval']), '--log_interval', str(t['log_interval']), '--save_interval', str(t['epochs']), '--keep_last', '1',
-            '--test_at_start', '--device', device, '--workers', str(workers), '--seed', str(seed)]
-    if 'last_stride' in t: argv += ['--last_stride', str(t['last_stride'])]
-    return argv
+    return TrainConfig(dataset='HITSZVCM', dataset_dir=str(data_dir), output_dir=str(output_dir), desc='demo',
+                       pretrained=pretrained, save_interval=t['epochs'], keep_last=1, test_at_start=True, device=device,
+                       workers=workers, seed=seed, **t)
 
 # %% ../nbs/80_demo.ipynb #dbb7fb5c
 _TABLE_KEYS = ('r1', 'r5', 'mAP', 'mINP')
@@ -91,24 +87,6 @@ def before_after_table(before:dict, # metrics.json record of the untrained model
     return '\n'.join(lines)
 
 # %% ../nbs/80_demo.ipynb #f757d504
-def load_run_model(run_dir:str|Path, # a training run folder
-                   device='cpu', # where to put the model
-                  )->tuple: # (model in eval mode, the run's arguments as a dict, checkpoint path)
-    "Rebuild the model of a run from its newest checkpoint."
-    from m3reid.engine.train import find_latest_checkpoint, load_checkpoint, load_model_weights
-    from m3reid.models.registry import build_method
-    ckpt_dir = Path(run_dir) / 'modelckpt'
-    path = find_latest_checkpoint(ckpt_dir)
-    if path is None: raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
-    ckpt = load_checkpoint(path)
-    args = ckpt.get('args') or {}
-    num_classes = ckpt.get('num_classes') or ckpt['model']['classifier.weight'].shape[0]
-    model, _ = build_method(args.get('model', 'm3reid'), int(num_classes), arch=args.get('arch', 'resnet50'),
-                            last_stride=args.get('last_stride', 2), pretrained=None,
-                            verbose=False)
-    load_model_weights(model, ckpt['model'], str(path), min_match=1.0)
-    return model.to(device).eval(), args, path
-
 @torch.no_grad()
 def attention_of(model, # an M3ReID (any mode; restored afterwards)
                  clips:torch.Tensor, # [B,T,3,H,W] network inputs
@@ -139,7 +117,9 @@ def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
     from m3reid.metrics import evaluate_cross_modality, pairwise_distance
     run_dir = Path(run_dir); out = run_dir / 'figures'
     records = [r for r in viz.load_metrics(run_dir) if r.get('split', 'test') == 'test']
-    model, args, ckpt = load_run_model(run_dir, device)
+    from m3reid.engine.checkpoint import load_trained_model, find_run_checkpoint
+    model, info = load_trained_model(find_run_checkpoint(run_dir), device)
+    args = info['args']
     dm = get_data_manager(args['dataset'], args['dataset_dir'], verbose=False)
     qs, gs = build_test_sets(dm, args['img_h'], args['img_w'], args['seq_len'])
     q, g = extract_dataset(model, qs, device), extract_dataset(model, gs, device)
@@ -187,7 +167,6 @@ def _say(msg): print(f"\n==> {msg}", flush=True)
 def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
         )->dict: # {'run_dir', 'records', 'figures', 'seconds'}
     "Console script `m3reid-demo`: data, untrained evaluation, training, trained evaluation, table, figures."
-    from m3reid.cli import build_train_parser
     from m3reid.data.synthetic import make_synthetic_hitszvcm
     from m3reid.engine.train import train
     from m3reid.viz import load_metrics
@@ -209,10 +188,10 @@ def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
     print(f"    backbone {cfg['train']['arch']}: " + (f"ImageNet weights found in torch's cache "
           f"({imagenet_weights_cached(cfg['train']['arch'])})" if pretrained == 'imagenet'
           else "no ImageNet weights in torch's cache, training from scratch (--pretrained none)"))
-    targv = demo_train_argv(cfg, data_dir, a.output_dir, a.seed, a.epochs, pretrained, a.device, a.workers)
+    tcfg = demo_config(cfg, data_dir, a.output_dir, a.seed, a.epochs, pretrained, a.device, a.workers)
     _say("2/4 training (epoch 0 = the untrained model); the same run from the command line:\n    m3reid-train "
-         + ' '.join(shlex.quote(s) for s in targv))
-    summary = train(build_train_parser().parse_args(targv))
+         + ' '.join(shlex.quote(s) for s in config_to_argv(tcfg)))
+    summary = train(tcfg)
     run_dir = Path(summary['run_dir'])
     records = [r for r in load_metrics(run_dir) if r.get('split', 'test') == 'test']
 

@@ -12,8 +12,29 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['set_seed', 'get_rng_states', 'set_rng_states', 'time_str', 'RunDir', 'make_run_dir', 'atomic_write', 'TeeLogger',
-           'AverageMeter']
+__all__ = ['UsageError', 'CheckpointError', 'run_cli', 'set_seed', 'get_rng_states', 'set_rng_states', 'time_str', 'RunDir',
+           'make_run_dir', 'atomic_write', 'TeeLogger', 'AverageMeter']
+
+# %% ../nbs/00_utils.ipynb #8284b439
+class UsageError(ValueError):
+    "A problem the user must fix: a bad argument, file or folder (console scripts print it and exit with status 2)."
+
+class CheckpointError(UsageError):
+    "A checkpoint or weights file that is missing, unsafe to read, unreadable or does not fit the model."
+
+# %% ../nbs/00_utils.ipynb #4bf32373
+def run_cli(prog:str, # the command's name, e.g. 'm3reid-train'
+            fn, # the work, called without arguments
+           ): # what `fn` returns
+    "Call `fn`; user-caused errors end the process with one line on stderr and their exit status."
+    try: return fn()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr); sys.exit(130)
+    except Exception as e:
+        code = 2 if isinstance(e, UsageError) else getattr(e, 'exit_code', None)
+        if code is None: raise
+        msg = ' '.join(str(e).split('\n')).strip()
+        print(f"{prog}: error: {msg}", file=sys.stderr); sys.exit(code)
 
 # %% ../nbs/00_utils.ipynb #3a91cf16
 def set_seed(seed:int, # the seed for python, numpy, torch and CUDA
@@ -28,18 +49,23 @@ def set_seed(seed:int, # the seed for python, numpy, torch and CUDA
     torch.backends.cudnn.benchmark = not deterministic
 
 # %% ../nbs/00_utils.ipynb #25320d87
-def get_rng_states()->dict: # states of python, numpy, torch (CPU) and CUDA generators
-    "Capture the state of every global random generator."
-    states = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+def get_rng_states()->dict: # tensors and plain numbers only, so `torch.load(weights_only=True)` reads them back
+    "Capture the state of every global random generator (python, numpy, torch CPU and CUDA)."
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {'python': torch.tensor(mt, dtype=torch.int64), 'python_version': version, 'python_gauss': gauss,
+              'numpy': torch.from_numpy(keys.astype(np.int64)), 'numpy_pos': int(pos), 'numpy_has_gauss': int(has_gauss),
+              'numpy_cached_gaussian': float(cached), 'torch': torch.get_rng_state()}
     if torch.cuda.is_available(): states['cuda'] = torch.cuda.get_rng_state_all()
     return states
 
 def set_rng_states(states:dict, # as returned by `get_rng_states`
                   ):
     "Restore the global random generators captured by `get_rng_states`."
-    random.setstate(states['python'])
-    np.random.set_state(states['numpy'])
-    torch.set_rng_state(states['torch'].cpu() if hasattr(states['torch'], 'cpu') else states['torch'])
+    random.setstate((states['python_version'], tuple(int(v) for v in states['python'].tolist()), states['python_gauss']))
+    np.random.set_state(('MT19937', states['numpy'].numpy().astype(np.uint32), states['numpy_pos'],
+                         states['numpy_has_gauss'], states['numpy_cached_gaussian']))
+    torch.set_rng_state(states['torch'].cpu())
     if 'cuda' in states and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
 
 # %% ../nbs/00_utils.ipynb #17c6ee9b
@@ -59,6 +85,8 @@ class RunDir:
         self.tensorboard = self.root/'tensorboard'
         self.ckpt_dir = self.root/'modelckpt'
         self.metrics_file = self.root/'metrics.json'
+        self.config_file = self.root/'config.toml'
+        self.state_file = self.ckpt_dir/'state.pth'
 
     def create(self):
         "Create the folder and its sub-folders; return self."
@@ -139,3 +167,12 @@ class AverageMeter:
         self.sum += float(val) * n
         self.count += n
         self.avg = self.sum / self.count
+
+    def state_dict(self)->dict:
+        "The meter as plain numbers (a resumed epoch continues its averages)."
+        return {'val': self.val, 'sum': self.sum, 'count': self.count}
+
+    def load_state_dict(self, state:dict):
+        "Continue from `state_dict()`."
+        self.val, self.sum, self.count = float(state['val']), float(state['sum']), int(state['count'])
+        self.avg = self.sum / self.count if self.count else 0.0

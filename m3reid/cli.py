@@ -66,9 +66,9 @@ def parse_train_args(argv:list|None=None, # command-line arguments (None: sys.ar
 
 def train(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
          ):
-    "Console script `m3reid-train`."
+    "Console script `m3reid-train` (returns None: console scripts exit with their return value)."
     from m3reid.engine.train import train as run_training
-    return run_cli('m3reid-train', lambda: run_training(parse_train_args(argv)))
+    run_cli('m3reid-train', lambda: run_training(parse_train_args(argv)))
 
 # %% ../nbs/50_cli.ipynb #8efdd1d9
 _TEST_DEFAULTS = dict(dataset='HITSZVCM', dataset_dir='../Datasets/HITSZ-VCM', img_h=288, img_w=144, seq_len=6,
@@ -153,9 +153,9 @@ def run_test(args:argparse.Namespace, # from `build_test_parser`
 
 def test(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
         ):
-    "Console script `m3reid-test`."
+    "Console script `m3reid-test` (returns None: console scripts exit with their return value)."
     args = build_test_parser().parse_args(argv)
-    return run_cli('m3reid-test', lambda: run_test(args))
+    run_cli('m3reid-test', lambda: run_test(args))
 
 # %% ../nbs/50_cli.ipynb #ad153783
 def _exit_code(r): return r if isinstance(r, int) and not isinstance(r, bool) else None

@@ -5,15 +5,15 @@
 # %% ../nbs/00_utils.ipynb #255c62b2
 from __future__ import annotations
 
-import os, random, sys, time
+import os, pickle, random, re, sys, time, zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['UsageError', 'CheckpointError', 'run_cli', 'set_seed', 'get_rng_states', 'set_rng_states', 'time_str', 'RunDir',
-           'make_run_dir', 'atomic_write', 'TeeLogger', 'AverageMeter']
+__all__ = ['UsageError', 'CheckpointError', 'safe_load', 'run_cli', 'set_seed', 'get_rng_states', 'set_rng_states', 'time_str',
+           'RunDir', 'make_run_dir', 'atomic_write', 'TeeLogger', 'AverageMeter']
 
 # %% ../nbs/00_utils.ipynb #8284b439
 class UsageError(ValueError):
@@ -21,6 +21,31 @@ class UsageError(ValueError):
 
 class CheckpointError(UsageError):
     "A checkpoint or weights file that is missing, unsafe to read, unreadable or does not fit the model."
+
+# %% ../nbs/00_utils.ipynb #6f2de57f
+_GLOBAL_RE = re.compile(r'GLOBAL ([\w.]+)')
+
+def safe_load(path, # a file written by `torch.save`
+              map_location='cpu', # where tensors go
+             ): # the object, rebuilt from tensors and plain values only
+    "`torch.load(path, weights_only=True)`; `CheckpointError` for a file that is missing, unsafe or unreadable."
+    path = Path(path)
+    if not path.is_file(): raise CheckpointError(f"{path}: no such file")
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = _GLOBAL_RE.search(str(e))
+        if m:
+            hint = (" (checkpoints of m3reid 0.1 stored numpy random states this way: load it with torch.load(..., "
+                    "weights_only=False) only if you trust it, and save its 'model' entry)") if 'numpy' in m.group(1) else ''
+            raise CheckpointError(f"{path}: refused: rebuilding it needs the Python object {m.group(1)}, and unpickling "
+                                  f"such a file can run arbitrary code; m3reid only reads tensors and plain values{hint}") from None
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        detail = next((l for l in lines if l.startswith('Unsupported')), lines[0] if lines else '')[:120]
+        raise CheckpointError(f"{path}: unreadable (not a PyTorch file, or corrupt: {detail})") from None
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first = (str(e).splitlines() or [''])[0][:120]
+        raise CheckpointError(f"{path}: unreadable (truncated, corrupt or not a PyTorch file: "
+                              f"{type(e).__name__}{': ' + first if first else ''})") from None
 
 # %% ../nbs/00_utils.ipynb #4bf32373
 def run_cli(prog:str, # the command's name, e.g. 'm3reid-train'

@@ -1,8 +1,9 @@
 """End-to-end tests of the console scripts `m3reid-train` / `m3reid-test` on a tiny synthetic dataset (CPU).
 
 What they pin: a checkpoint evaluated by `m3reid-test` gives exactly the training-time numbers; a state dict with the
-original code's keys loads (weights only, with a warning); each kind of wrong input ends with a clear message and a
-non-zero exit status.
+original code's keys loads (for evaluation, and weights only for training, with a warning); `m3reid-test` refuses a
+checkpoint that does not fill the model it builds; each kind of wrong input ends with one clear line and a non-zero
+exit status.
 """
 import json, os, subprocess, sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from m3reid.data.synthetic import make_synthetic_hitszvcm
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 TINY = ['--arch', 'resnet18', '--pretrained', 'none', '--img_h', '32', '--img_w', '16', '--seq_len', '2',
         '--p_num', '2', '--k_num', '4', '--workers', '0', '--device', 'cpu', '--log_interval', '5']
-KEYS_TSV = Path('/work/shared/reference/original-checkpoint-keys.tsv')
+KEYS_TSV = Path(__file__).parent/'data'/'original-checkpoint-keys.tsv'
 
 
 @pytest.fixture(scope='session')
@@ -43,21 +44,23 @@ def trained(data_root, tmp_path_factory):
 
 def test_train_outputs(trained):
     names = sorted(p.name for p in (trained/'modelckpt').iterdir())
-    assert names == ['model_best.pth', 'model_epoch-1.pth', 'model_epoch-2.pth']
+    assert names == ['model_best.pth', 'model_epoch-1.pth', 'model_epoch-2.pth', 'state.pth']
     recs = json.loads((trained/'metrics.json').read_text())
     assert [(r['epoch'], r['split']) for r in recs] == [(e, s) for e in (0, 1, 2) for s in ('val', 'test')]
     assert all(r['num_query']['i2v'] + r['num_query']['v2i'] == r['num_gallery']['i2v'] + r['num_gallery']['v2i']
                for r in recs if r['split'] == 'val')  # the held-out tracklets are both query and gallery
     best = max((r for r in recs if r['split'] == 'val' and r['epoch'] > 0), key=lambda r: (r['i2v']['mAP'] + r['v2i']['mAP']) / 2)
-    from m3reid.engine.train import load_checkpoint
+    from m3reid.engine.checkpoint import load_checkpoint
     ck = load_checkpoint(trained/'modelckpt'/'model_best.pth')
-    assert ck['best_epoch'] == ck['epoch'] == best['epoch'] and ck['num_classes'] == 4  # chosen on the validation split
+    assert ck['epoch'] == best['epoch'] and ck['num_classes'] == 4 and ck['selected_on'] == 'validation'
+    assert all(r['selected_on'] == 'validation' for r in recs if r['epoch'] > 0)
     for r in recs:
         assert set(r['i2v']) == {'r1', 'r5', 'r10', 'r20', 'mAP', 'mINP'} and all(0 <= v <= 1 for v in r['v2i'].values())
         assert (r['dataset'], r['protocol'], r['seq_len'], r['test_clips'], r['flip_test'], r['img_size'], r['seed']) == \
                ('HITSZVCM', 'm3reid', 2, 1, False, [32, 16], 0)
     log = next(trained.glob('log_*.txt')).read_text()
-    assert log.startswith('Args: Namespace(') and 'EVAL - Epoch: [2]' in log and '~' * 100 in log
+    assert log.startswith('Args: TrainConfig(') and 'EVAL - Epoch: [2]' in log and '~' * 100 in log
+    assert '(selected on validation)' in log
     assert list((trained/'tensorboard').glob('events.out.tfevents.*'))
 
 
@@ -75,7 +78,7 @@ def test_test_cli_reproduces_training_metrics(trained, data_root, tmp_path, caps
     assert len(got) == 1 and got[0]['epoch'] == 2
     for mode in ('i2v', 'v2i'):
         for k, v in want[mode].items(): assert got[0][mode][k] == pytest.approx(v, abs=1e-6), (mode, k)
-    assert not any((run/'modelckpt').iterdir())  # no copy of the weights (spec 11.1.8)
+    assert not any((run/'modelckpt').iterdir())  # no copy of the weights, unlike the original test script
 
 
 def _original_state_dict():
@@ -100,18 +103,18 @@ def test_original_state_dict_loads(data_root, tmp_path, capsys):
                                   '--img_w', '16', '--seq_len', '2', '--workers', '0', '--device', 'cpu',
                                   '--output_dir', tmp_path/'out')]) is None
     cap = capsys.readouterr()
-    assert 'plain state dict' in cap.out and 'does not fit' not in cap.out + cap.err
+    assert '(plain)' in cap.out and 'does not fill' not in cap.out + cap.err and 'EVAL' in cap.out
     # m3reid-train --resume with a plain state dict: weights only, with a warning; a classifier of another size is
     # dropped (ResNet-18 here, to keep the test fast; the key structure is the same)
     from m3reid.models.registry import build_method
     torch.save(build_method('m3reid', 9, arch='resnet18', pretrained=None)[0].state_dict(), tmp_path/'plain18.pth')
-    from m3reid.cli import build_train_parser
+    from m3reid.cli import parse_train_args
     from m3reid.engine.train import train
-    args = build_train_parser().parse_args(['--dataset_dir', str(data_root), *TINY, '--epochs', '1', '--test_interval', '5',
-                                            '--run_dir', str(tmp_path/'ft'), '--resume', str(tmp_path/'plain18.pth')])
-    out = train(args)
+    cfg = parse_train_args(['--dataset_dir', str(data_root), *TINY, '--epochs', '1', '--test_interval', '5',
+                            '--run_dir', str(tmp_path/'ft'), '--resume', str(tmp_path/'plain18.pth')])
+    out = train(cfg)
     log = next((tmp_path/'ft').glob('log_*.txt')).read_text()
-    assert 'weights only' in log and 'dropped classifier.weight' in log
+    assert 'weights only' in log and 'classifier.weight not loaded' in log
     assert out['epochs_done'] == 1
 
 
@@ -120,22 +123,27 @@ def exit_of(fn, argv, capsys):
     return e.value.code, capsys.readouterr().err + (e.value.code if isinstance(e.value.code, str) else '')
 
 
-@pytest.mark.parametrize('case', ['unknown_dataset', 'not_a_dataset', 'wrong_kind', 'missing_ckpt', 'garbage_ckpt',
-                                  'incompatible_ckpt', 'batch_too_large', 'no_gpu', 'gpu_index', 'resume_auto_no_dir',
-                                  'missing_weights'])
+@pytest.mark.parametrize('case', ['unknown_dataset', 'not_a_dataset', 'wrong_kind', 'missing_ckpt', 'missing_resume',
+                                  'garbage_ckpt', 'incompatible_ckpt', 'bad_lr', 'zero_lr', 'bad_keep_last', 'bad_config',
+                                  'batch_too_large', 'no_gpu', 'gpu_index', 'resume_auto_no_dir', 'missing_weights'])
 def test_bad_input(case, data_root, tmp_path, capsys):
     from m3reid.cli import train, test
     base = ['--dataset_dir', str(data_root), *TINY, '--output_dir', str(tmp_path/'o')]
     (tmp_path/'garbage.pth').write_bytes(b'not a checkpoint at all')
-    torch.save({'fc.weight': torch.zeros(3, 3)}, tmp_path/'other.pth')
+    torch.save({'classifier.weight': torch.zeros(4, 512), 'fc.weight': torch.zeros(3, 3)}, tmp_path/'other.pth')
     cases = {
         'unknown_dataset': (train, base + ['--dataset', 'Market1501'], 'invalid choice'),
         'not_a_dataset': (train, base + ['--dataset_dir', str(tmp_path)], 'not a usable HITSZVCM dataset'),
         'wrong_kind': (train, base + ['--dataset', 'BUPTCampus'], 'not a usable BUPTCampus dataset'),
-        'missing_ckpt': (test, ['--resume', str(tmp_path/'nope.pth'), '--device', 'cpu'], 'checkpoint file not found'),
-        'garbage_ckpt': (test, ['--resume', str(tmp_path/'garbage.pth'), '--device', 'cpu'], 'cannot read checkpoint'),
+        'missing_ckpt': (test, ['--resume', str(tmp_path/'nope.pth'), '--device', 'cpu'], 'nope.pth: no such file'),
+        'missing_resume': (train, base + ['--resume', str(tmp_path/'nope.pth')], 'checkpoint file not found'),
+        'garbage_ckpt': (test, ['--resume', str(tmp_path/'garbage.pth'), '--device', 'cpu'], 'garbage.pth: unreadable'),
         'incompatible_ckpt': (test, ['--resume', str(tmp_path/'other.pth'), '--dataset_dir', str(data_root), '--arch',
-                                     'resnet18', '--device', 'cpu', '--output_dir', str(tmp_path/'o')], 'does not fit'),
+                                     'resnet18', '--device', 'cpu', '--output_dir', str(tmp_path/'o')], 'does not fill the model'),
+        'bad_lr': (train, base + ['--lr', 'nan'], '--lr nan: expected a finite number'),
+        'zero_lr': (train, base + ['--lr', '0'], '--lr 0.0: expected a number > 0'),
+        'bad_keep_last': (train, base + ['--keep_last', '0'], '--keep_last 0: expected an integer >= 1'),
+        'bad_config': (train, base + ['--config', str(tmp_path/'missing.toml')], 'missing.toml: no such file'),
         'batch_too_large': (train, base + ['--p_num', '50'], '--p_num 50'),
         'no_gpu': (train, base + ['--device', 'cuda'], 'CUDA is not available'),
         'gpu_index': (train, base + ['--device', 'auto', '--gpu', '1'], '--gpu 1'),
@@ -151,7 +159,7 @@ def test_bad_input(case, data_root, tmp_path, capsys):
     try: code, err = exit_of(fn, argv, capsys)
     finally: os.environ.pop('M3REID_OFFLINE', None)
     assert code not in (0, None), (case, code)
-    assert msg in err, (case, err)
+    assert msg in err and 'Traceback' not in err, (case, err)
     assert not (tmp_path/'o').exists(), 'no run folder for a configuration error'
 
 
@@ -159,3 +167,13 @@ def test_console_script_exit_status(tmp_path):
     p = cli('train', '--dataset', 'HITSZVCM', '--dataset_dir', tmp_path/'missing', '--pretrained', 'none',
             '--output_dir', tmp_path/'o', timeout=60)
     assert p.returncode == 2 and 'm3reid-train: error:' in p.stderr and 'missing' in p.stderr
+
+
+def test_test_refuses_checkpoint_of_another_arch(trained, data_root, tmp_path, capsys):
+    "A resnet18 snapshot evaluated with --arch resnet34 is refused, with the counts and the cause, and nothing is written."
+    from m3reid.cli import test
+    code, err = exit_of(test, ['--resume', str(trained/'modelckpt'/'model_epoch-2.pth'), '--arch', 'resnet34',
+                               '--dataset_dir', str(data_root), '--device', 'cpu', '--output_dir', str(tmp_path/'o')], capsys)
+    assert code == 2 and 'does not fill the model' in err and 'it was trained with --arch resnet18' in err
+    assert 'tensors missing' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path/'o').exists()

@@ -3,7 +3,9 @@
 What they pin (on one shared 2-process run, restarted once after a worker is killed): a 2-process run completes
 and its checkpoint, evaluated by single-process `m3reid-test`, gives the numbers the distributed evaluation
 reported; the ranks' batches are disjoint and together are the epoch's batches; a worker killed mid-epoch under
-`--max-restarts 1` ends in a finished run with one metrics record per epoch; `--sync_bn` is refused on the CPU.
+`--max-restarts 1` ends in a finished run with one metrics record per epoch; SIGUSR1 sent to one rank only stops
+both ranks after the same step with a resumable state, and `--resume auto` finishes the run; `--sync_bn` is
+refused on the CPU.
 """
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -29,6 +31,16 @@ def torchrun(*args, nproc=2, extra=()):
             '-m', 'm3reid.cli', 'train', *map(str, args)]
 
 
+def _wait_for_log(run, text, p, timeout=180):
+    t0 = time.time()
+    while True:
+        log = next(run.glob('log_*.txt'), None) if run.is_dir() else None
+        if log is not None and text in log.read_text(): return
+        assert p.poll() is None, p.stdout.read()[-4000:]
+        assert time.time() - t0 < timeout, f'no {text!r} in the log in time'
+        time.sleep(0.05)
+
+
 def _children(pid):
     try: return [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
     except OSError: return []
@@ -44,12 +56,7 @@ def ddp_run(data_root, tmp_path_factory):
     cmd = torchrun('--dataset_dir', data_root, *TINY, '--epochs', '2', '--run_dir', run, '--resume', 'auto',
                    '--record_batches', extra=('--max-restarts', '1'))
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = time.time()
-    while not (run/'modelckpt/model_epoch-1.pth').exists():
-        assert p.poll() is None, p.stdout.read()[-4000:]
-        assert time.time() - t0 < 180, 'no checkpoint in time'
-        time.sleep(0.05)
-    time.sleep(0.5)  # into epoch 2
+    _wait_for_log(run, 'Epoch [2/2] Batch [', p)  # in epoch 2: epoch 1's files are all written
     workers = _children(p.pid)
     assert len(workers) == 2, workers
     os.kill(max(workers), signal.SIGKILL)
@@ -60,9 +67,9 @@ def ddp_run(data_root, tmp_path_factory):
 
 def test_ddp_run_completes_and_checkpoint_tests_alike(ddp_run, data_root, tmp_path):
     log = next(ddp_run.glob('log_*.txt')).read_text()
-    assert 'world size 2 (gloo)' in log and 'effective global batch is 8' in log
+    assert 'world size 2 (gloo)' in log and 'the global batch is 8 tracklets' in log
     attempts = log.count('--resume auto:')  # one line per attempt (the fixture's run is restarted once)
-    assert attempts == 2 and log.count('Args: Namespace(') == attempts  # only rank 0 writes
+    assert attempts == 2 and log.count('Args: TrainConfig(') == attempts  # only rank 0 writes
     recs = json.loads((ddp_run/'metrics.json').read_text())
     assert [r['epoch'] for r in recs] == [1, 2] and all(r['world_size'] == 2 for r in recs)
     from m3reid.data.manager import get_data_manager
@@ -99,9 +106,26 @@ def test_killed_worker_restarts_and_finishes(ddp_run):
     assert '--resume auto: resuming from' in log
     recs = json.loads((ddp_run/'metrics.json').read_text())
     assert [r['epoch'] for r in recs] == [1, 2]  # epoch 2 once, although it was started twice
-    from m3reid.engine.train import list_checkpoints
-    assert [e for e, _ in list_checkpoints(ddp_run/'modelckpt')] == [1, 2]
+    from m3reid.engine.checkpoint import list_snapshots
+    assert [e for e, _ in list_snapshots(ddp_run/'modelckpt')] == [1, 2]
     assert not list((ddp_run/'modelckpt').glob('.*tmp*'))
+
+
+def test_signal_to_one_rank_stops_both_at_the_same_step(data_root, tmp_path):
+    run = tmp_path/'run'
+    cmd = torchrun('--dataset_dir', data_root, *TINY, '--epochs', '2', '--run_dir', run, '--resume', 'auto',
+                   '--log_interval', '1')
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_log(run, 'Batch [2/', p)
+    os.kill(max(_children(p.pid)), signal.SIGUSR1)  # rank 1 only (the later-started worker)
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode != 0 and 'stopped by' in out, out[-4000:]
+    from m3reid.engine.checkpoint import load_checkpoint
+    st = load_checkpoint(run/'modelckpt/state.pth')
+    assert st['batch'] > 0 and len(st['rng_states_per_rank']) == 2  # saved mid-epoch, with both ranks' states
+    q = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stdout[-4000:] + q.stderr[-4000:]
+    assert [r['epoch'] for r in json.loads((run/'metrics.json').read_text())] == [1, 2]
 
 
 def test_sync_bn_refused_on_cpu(data_root, tmp_path, capsys):

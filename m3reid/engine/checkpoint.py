@@ -10,37 +10,12 @@ from pathlib import Path
 
 import torch
 
-from ..utils import atomic_write, UsageError, CheckpointError
+from ..utils import atomic_write, safe_load, UsageError, CheckpointError
 
 # %% auto #0
-__all__ = ['STATE_FORMAT', 'WEIGHTS_FORMAT', 'safe_load', 'SaveError', 'atomic_torch_save', 'load_checkpoint', 'unwrap_model',
-           'save_weights', 'save_state', 'list_snapshots', 'prune_snapshots', 'remove_stale_tmp', 'find_run_checkpoint',
+__all__ = ['STATE_FORMAT', 'WEIGHTS_FORMAT', 'SaveError', 'atomic_torch_save', 'load_checkpoint', 'unwrap_model', 'save_weights',
+           'save_state', 'list_snapshots', 'prune_snapshots', 'remove_stale_tmp', 'find_run_checkpoint',
            'load_model_weights', 'build_model', 'load_trained_model', 'non_finite_tensors']
-
-# %% ../../nbs/39_engine.checkpoint.ipynb #acf974a0
-_GLOBAL_RE = re.compile(r'GLOBAL ([\w.]+)')
-
-def safe_load(path, # a file written by `torch.save`
-              map_location='cpu', # where tensors go
-             ): # the object, rebuilt from tensors and plain values only
-    "`torch.load(path, weights_only=True)`; `CheckpointError` for a file that is missing, unsafe or unreadable."
-    path = Path(path)
-    if not path.is_file(): raise CheckpointError(f"{path}: no such file")
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        m = _GLOBAL_RE.search(str(e))
-        if m:
-            hint = (" (checkpoints of m3reid 0.1 stored numpy random states this way: load it with torch.load(..., "
-                    "weights_only=False) only if you trust it, and save its 'model' entry)") if 'numpy' in m.group(1) else ''
-            raise CheckpointError(f"{path}: refused: rebuilding it needs the Python object {m.group(1)}, and unpickling "
-                                  f"such a file can run arbitrary code; m3reid only reads tensors and plain values{hint}") from None
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        detail = next((l for l in lines if l.startswith('Unsupported')), lines[0] if lines else '')[:120]
-        raise CheckpointError(f"{path}: unreadable (not a PyTorch file, or corrupt: {detail})") from None
-    except (RuntimeError, EOFError, KeyError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = (str(e).splitlines() or [''])[0][:120]
-        raise CheckpointError(f"{path}: unreadable (truncated, corrupt or not a PyTorch file: "
-                              f"{type(e).__name__}{': ' + first if first else ''})") from None
 
 # %% ../../nbs/39_engine.checkpoint.ipynb #4e88e1a2
 class SaveError(RuntimeError):
@@ -58,7 +33,8 @@ def atomic_torch_save(obj, # anything `torch.save` accepts
     path = Path(path)
     try: atomic_write(path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as e:
-        why = getattr(e, 'strerror', None) or (str(e).splitlines() or [''])[0][:100]
+        if isinstance(e, OSError) and e.strerror: why = e.strerror
+        else: why = f"the write failed, is the disk full? (torch.save: {(str(e).splitlines() or [''])[0][:80].strip()})"
         raise SaveError(f"cannot write {path}: {why} ({_free_mb(path.parent)}); the earlier checkpoints are intact") from None
     return path
 

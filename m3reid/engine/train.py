@@ -194,9 +194,8 @@ def build_train_data(cfg:TrainConfig, # the run configuration
     from m3reid.data.dataset import VideoVIDataset
     from m3reid.data.transforms import train_transforms
     train_view, val_view = split_validation(manager, cfg.val_ids, cfg.seed) if cfg.val_ids else (manager, None)
-    kw = {} if cfg.bad_frames == 'error' else dict(bad_frames=cfg.bad_frames)  # TEMPORARY
     train_set = VideoVIDataset(train_view, train_transforms(cfg.img_h, cfg.img_w), seq_len=cfg.seq_len,
-                               sample_mode='evenly', dataset_mode='train', **kw)
+                               sample_mode='evenly', dataset_mode='train', bad_frames=cfg.bad_frames)
     sampler = _batch_sampler(cfg, train_set, dist_info)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
                         persistent_workers=cfg.workers > 0, worker_init_fn=ignore_stop_signals)
@@ -275,6 +274,12 @@ def exchange_flags(flags:list, # this rank's flags (bools)
     return [bool(v > 0) for v in t.tolist()]
 
 # %% ../../nbs/40_engine.train.ipynb #620ae708
+def _skip(model, optimizer, buffers:dict):
+    "Undo what a skipped step changed: its gradients, and the BN running statistics its forward pass updated."
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for n, b in model.named_buffers(): b.copy_(buffers[n])
+
 def train_step(model:torch.nn.Module, # the (possibly DDP-wrapped) model in train mode
                criterion, # `criterion(outputs, pids, mids) -> (loss, parts)`
                batch, # (frames, pids, cids, mids), or None when this rank could not read its batch
@@ -293,6 +298,7 @@ def train_step(model:torch.nn.Module, # the (possibly DDP-wrapped) model in trai
         return StepResult(data_error=True, stop=stop_requested())
     frames, pids, _, mids = batch
     frames, pids, mids = (t.to(device, non_blocking=True) for t in (frames, pids, mids))
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # BN statistics: restored if the step is skipped
     dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(amp_dtype)
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss, parts = criterion(model(frames), pids, mids)
@@ -302,13 +308,13 @@ def train_step(model:torch.nn.Module, # the (possibly DDP-wrapped) model in trai
     use_scaler = scaler is not None and scaler.is_enabled()
     (scaler.scale(loss) if use_scaler else loss).backward()
     if bad:
-        optimizer.zero_grad(set_to_none=True)
+        _skip(model, optimizer, buffers)
         return StepResult(skipped='loss', stop=stopping, parts={'loss': loss.item()})
     if use_scaler: scaler.step(optimizer); scaler.update()
     else:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-            optimizer.zero_grad(set_to_none=True)
+            _skip(model, optimizer, buffers)
             return StepResult(skipped='gradient', stop=stopping, parts={'loss': loss.item()})
         optimizer.step()
     return StepResult(loss=loss.item(), parts=parts, frames=frames.shape[0] * frames.shape[1], stop=stopping)
@@ -573,7 +579,7 @@ def stop_mid_epoch(ctx:types.SimpleNamespace, # the run
 
 def bad_frame_total(ctx)->int:
     "Frames replaced by `--bad_frames skip` in this run (all ranks, all sessions)."
-    here = ctx.data.train_set.bad_frame_count() if hasattr(ctx.data.train_set, 'bad_frame_count') else 0
+    here = ctx.data.train_set.replaced_frames
     if ctx.dist.enabled:
         t = torch.tensor([float(here)], device=ctx.device if ctx.dist.backend == 'nccl' else 'cpu')
         dist.all_reduce(t); here = int(t.item())
@@ -668,10 +674,10 @@ def check_dataset_frames(manager, # the data manager
                          cfg:TrainConfig, # uses workers
                         ):
     "`--check_data`: decode every frame first; `RunStopped` listing the bad ones."
-    from m3reid.data.check import scan_dataset
-    problems = scan_dataset(manager, workers=None)
+    from m3reid.data.check import scan_dataset, print_problems
+    problems = scan_dataset(manager, workers=None, progress=show_progress_bar(DistInfo()))
     if problems:
-        for p in problems: print(f"  {p}")
+        print_problems(problems)
         raise RunStopped(f"--check_data: {len(problems)} bad frame(s) in {cfg.dataset_dir} (listed above); fix or remove "
                          f"them, or train with --bad_frames skip")
     print(f"--check_data: every frame of {cfg.dataset_dir} decodes")

@@ -146,7 +146,7 @@ def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
     paths['attention'] = viz.save_figure(fig, out/'attention.png', dpi)
     return paths
 
-# %% ../nbs/80_demo.ipynb #65b54afb
+# %% ../nbs/80_demo.ipynb #73c35fd0
 def build_demo_parser()->argparse.ArgumentParser:
     "Arguments of `m3reid-demo`."
     p = argparse.ArgumentParser(prog='m3reid-demo', description='Train and evaluate M3-ReID on a synthetic HITSZ-VCM '
@@ -164,41 +164,44 @@ def build_demo_parser()->argparse.ArgumentParser:
 
 def _say(msg): print(f"\n==> {msg}", flush=True)
 
+def _prepare_data(parser, name:str, data_dir:Path, t0:float):
+    "Step 1: write the synthetic dataset once (re-use a complete one)."
+    _say(f"1/4 synthetic HITSZ-VCM dataset in {data_dir}")
+    from m3reid.data.synthetic import make_synthetic_hitszvcm
+    existed = (data_dir / '.synthetic_complete').is_file()
+    try: make_synthetic_hitszvcm(data_dir, **DEMO_CONFIGS[name]['data'])
+    except FileExistsError as e: parser.exit(2, f"m3reid-demo: error: {e}\n")
+    print(f"    {'re-used (already complete)' if existed else 'written'} in {time.time() - t0:.1f}s")
+
+def _train(a, name:str, data_dir:Path)->dict:
+    "Step 2: the training run, with ImageNet weights only when torch's cache has them."
+    from m3reid.engine.train import train
+    cfg = DEMO_CONFIGS[name]
+    cached = imagenet_weights_cached(cfg['train']['arch'])
+    print(f"    backbone {cfg['train']['arch']}: " + (f"ImageNet weights found in torch's cache ({cached})" if cached
+          else "no ImageNet weights in torch's cache, training from scratch (--pretrained none)"))
+    tcfg = demo_config(cfg, data_dir, a.output_dir, a.seed, a.epochs, 'imagenet' if cached else 'none', a.device, a.workers)
+    _say("2/4 training (epoch 0 = the untrained model); the same run from the command line:\n    m3reid-train "
+         + ' '.join(shlex.quote(s) for s in config_to_argv(tcfg)))
+    return train(tcfg)
+
+# %% ../nbs/80_demo.ipynb #e3d8d98d
 def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
         )->dict: # {'run_dir', 'records', 'figures', 'seconds'}
     "Console script `m3reid-demo`: data, untrained evaluation, training, trained evaluation, table, figures."
-    from m3reid.data.synthetic import make_synthetic_hitszvcm
-    from m3reid.engine.train import train
     from m3reid.viz import load_metrics
     parser = build_demo_parser()
     a = parser.parse_args(argv)
     if a.epochs is not None and a.epochs < 1: parser.error(f"--epochs must be >= 1, got {a.epochs}")
-    t0 = time.time()
-    name = 'quick' if a.quick else 'full'
-    cfg = DEMO_CONFIGS[name]
+    t0, name = time.time(), 'quick' if a.quick else 'full'
     data_dir = Path(a.data_dir or Path('synthetic_data') / data_folder_name(name)).expanduser()
-
-    _say(f"1/4 synthetic HITSZ-VCM dataset in {data_dir}")
-    existed = (data_dir / '.synthetic_complete').is_file()
-    try: make_synthetic_hitszvcm(data_dir, **cfg['data'])
-    except FileExistsError as e: parser.exit(2, f"m3reid-demo: error: {e}\n")
-    print(f"    {'re-used (already complete)' if existed else 'written'} in {time.time() - t0:.1f}s")
-
-    pretrained = 'imagenet' if imagenet_weights_cached(cfg['train']['arch']) else 'none'
-    print(f"    backbone {cfg['train']['arch']}: " + (f"ImageNet weights found in torch's cache "
-          f"({imagenet_weights_cached(cfg['train']['arch'])})" if pretrained == 'imagenet'
-          else "no ImageNet weights in torch's cache, training from scratch (--pretrained none)"))
-    tcfg = demo_config(cfg, data_dir, a.output_dir, a.seed, a.epochs, pretrained, a.device, a.workers)
-    _say("2/4 training (epoch 0 = the untrained model); the same run from the command line:\n    m3reid-train "
-         + ' '.join(shlex.quote(s) for s in config_to_argv(tcfg)))
-    summary = train(tcfg)
+    _prepare_data(parser, name, data_dir, t0)
+    summary = _train(a, name, data_dir)
     run_dir = Path(summary['run_dir'])
     records = [r for r in load_metrics(run_dir) if r.get('split', 'test') == 'test']
-
     _say(f"3/4 before/after training, synthetic test set ({records[-1]['num_query']['i2v']} infrared and "
-         f"{records[-1]['num_query']['v2i']} visible tracklets of {cfg['data']['num_test_ids']} new identities; %)")
+         f"{records[-1]['num_query']['v2i']} visible tracklets of {DEMO_CONFIGS[name]['data']['num_test_ids']} new identities; %)")
     print(before_after_table(records[0], records[-1]))
-
     figures = {}
     if not a.no_figures:
         _say("4/4 figures")

@@ -177,3 +177,13 @@ def test_test_refuses_checkpoint_of_another_arch(trained, data_root, tmp_path, c
     assert code == 2 and 'does not fill the model' in err and 'it was trained with --arch resnet18' in err
     assert 'tensors missing' in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path/'o').exists()
+
+
+@pytest.mark.parametrize('name, dataset, lr', [('hitszvcm_m3reid.toml', 'HITSZVCM', 2e-4), ('buptcampus_m3reid.toml', 'BUPTCampus', 1e-4)])
+def test_shipped_configs_are_the_original_runs(name, dataset, lr, data_root):
+    from m3reid.cli import parse_train_args
+    path = Path(__file__).resolve().parents[1]/'configs'/name
+    cfg = parse_train_args(['--config', str(path), '--dataset_dir', str(data_root), '--epochs', '3'])  # the command line wins
+    assert (cfg.dataset, cfg.lr, cfg.fp16, cfg.img_h, cfg.img_w, cfg.p_num, cfg.k_num, cfg.seq_len, cfg.arch, cfg.milestones) == \
+           (dataset, lr, True, 288, 144, 4, 8, 6, 'resnet50', [80, 120])
+    assert (cfg.epochs, cfg.dataset_dir) == (3, str(data_root))

@@ -15,8 +15,9 @@ if sys.version_info >= (3, 11): import tomllib
 else: import tomli as tomllib
 
 # %% auto #0
-__all__ = ['DATASETS', 'option', 'TrainConfig', 'check_value', 'parse_non_local', 'check_config', 'config_to_toml',
-           'config_from_toml', 'config_from_dict', 'config_to_argv']
+__all__ = ['DATASETS', 'option', 'OriginalOptions', 'ModelOptions', 'DeviceOptions', 'RunOptions', 'DataCheckOptions',
+           'TrainConfig', 'check_value', 'parse_non_local', 'check_config', 'config_to_toml', 'config_from_toml',
+           'config_from_dict', 'config_to_argv']
 
 # %% ../../nbs/38_engine.config.ipynb #54f3f54e
 DATASETS = ('HITSZVCM', 'BUPTCampus')
@@ -34,13 +35,13 @@ def option(default, # the default value (lists are copied for each config)
     if isinstance(default, list): return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
-# %% ../../nbs/38_engine.config.ipynb #eaaa158d
+# %% ../../nbs/38_engine.config.ipynb #370565ab
 _O, _M, _D, _R, _Q = ('original arguments (train_m3reid.py)', 'model and optimisation', 'device, precision, distributed',
                       'run folder, checkpoints, evaluation', 'data checks')
 
 @dataclass
-class TrainConfig:
-    "Everything that defines a training run (field names and defaults are the `m3reid-train` arguments)."
+class OriginalOptions:
+    "The arguments of the original `train_m3reid.py`, with its defaults."
     dataset: str = option('HITSZVCM', 'dataset name', group=_O, choices=DATASETS)
     dataset_dir: str = option('../Datasets/HITSZ-VCM', 'dataset root folder', kind='path', group=_O)
     img_h: int = option(288, 'input height', 'pos_int', _O)
@@ -60,6 +61,11 @@ class TrainConfig:
     seed: int = option(0, 'random seed', 'nonneg_int', _O)
     gpu: int|None = option(None, 'CUDA device index (default 0; under torchrun LOCAL_RANK)', 'nonneg_int', _O)
     desc: str|None = option(None, 'suffix of the run folder name', group=_O)
+
+# %% ../../nbs/38_engine.config.ipynb #04920d14
+@dataclass
+class ModelOptions:
+    "Method, backbone, schedule and sampling."
     model: str = option('m3reid', 'method: a built-in one or one from an installed plugin package', group=_M)
     arch: str = option('resnet50', 'backbone: resnet18 | resnet34 | resnet50 | any registered one', group=_M)
     last_stride: int = option(2, 'stride of layer4: 2 as in the original; 1 doubles the final map', 'int', _M, (1, 2))
@@ -73,10 +79,20 @@ class TrainConfig:
     sampler: str = option('pk', 'batch sampler (pk = the original norm_triplet PxK)', group=_M,
                           choices=('pk', 'cross_modality', 'cross_modality_random'))
     max_nonfinite: int = option(10, 'stop after N consecutive steps with a non-finite loss or gradient', 'pos_int', _M)
+
+# %% ../../nbs/38_engine.config.ipynb #202ccfd5
+@dataclass
+class DeviceOptions:
+    "Where and in which precision the run trains."
     device: str = option('auto', 'auto | cpu | cuda | cuda:N', group=_D)
     amp_dtype: str|None = option(None, 'autocast dtype (bf16: no scaler, CPU too)', group=_D, choices=('fp16', 'bf16'))
     sync_bn: bool = option(False, 'SyncBatchNorm across DDP ranks (CUDA only)', 'flag', _D)
     deterministic: bool = option(False, 'deterministic cuDNN kernels (slower; the original set it)', 'flag', _D)
+
+# %% ../../nbs/38_engine.config.ipynb #aba48027
+@dataclass
+class RunOptions:
+    "Run folder, snapshots kept, evaluation protocol and re-ranking."
     output_dir: str = option('ckptlog', 'root of run folders: <output_dir>/<dataset>/Time-<stamp>[_<desc>]', 'path', _R)
     run_dir: str|None = option(None, 'use this run folder instead of a new time-stamped one (needed by --resume auto)',
                                'path', _R)
@@ -93,11 +109,20 @@ class TrainConfig:
     k1: int = option(20, 're-ranking: k-reciprocal neighbourhood size', 'pos_int', _R)
     k2: int = option(6, 're-ranking: query-expansion neighbourhood size', 'pos_int', _R)
     lambda_value: float = option(0.3, 're-ranking: weight of the original distance', 'unit_float', _R)
+    record_batches: bool = option(False, 'write the dataset indices of every batch to batches.json (tests)', 'flag', _R,
+                                  hidden=True)
+
+@dataclass
+class DataCheckOptions:
+    "What to do about frames that cannot be read."
     check_data: bool = option(False, 'decode every frame of the dataset before training and stop if any is bad', 'flag', _Q)
     bad_frames: str = option('error', "a frame that cannot be read: 'error' stops the run naming it, 'skip' uses the "
                              "nearest readable frame of the tracklet (counted)", group=_Q, choices=('error', 'skip'))
-    record_batches: bool = option(False, 'write the dataset indices of every batch to batches.json (tests)', 'flag', _R,
-                                  hidden=True)
+
+# %% ../../nbs/38_engine.config.ipynb #4ede8246
+@dataclass
+class TrainConfig(DataCheckOptions, RunOptions, DeviceOptions, ModelOptions, OriginalOptions):
+    "Everything that defines a training run (field names and defaults are the `m3reid-train` arguments)."
 
 # %% ../../nbs/38_engine.config.ipynb #c905d9a8
 def _fail(name, value, why): raise UsageError(f"--{name} {value!r}: {why}")

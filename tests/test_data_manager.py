@@ -66,6 +66,30 @@ def test_buptcampus(sources):
     dma = BUPTCampusDataManager(root, use_auxiliary=True, verbose=False)
     assert dma.train_num_pids == 4 and dma.train_track_pids[-2:] == [3, 3]
 
+def test_vcm_labels_from_all_training_ids(copy, capsys):
+    "Labels and train_num_pids come from every training identity before the length filter, as the original's."
+    r = copy('vcm')
+    full = HITSZVCMDataManager(r, verbose=False)
+    rows = [l.split() for l in (r / 'info/track_train_info.txt').read_text().splitlines()]
+    victim = sorted({int(x[3]) for x in rows})[1]                # the middle of the three sorted ids
+    for x in rows:
+        if int(x[3]) == victim: x[2] = str(int(x[1]) + 5)        # every tracklet of it: 6 frames
+    (r / 'info/track_train_info.txt').write_text(''.join(' '.join(x) + '\n' for x in rows))
+    dm = HITSZVCMDataManager(r)
+    assert dm.train_num_pids == 3 and dm.num_ids_without_tracklet == 1 and dm.pid2label == full.pid2label
+    assert sorted(set(dm.train_track_pids)) == [0, 2]            # the others keep their labels
+    kept = [(t, p) for t, p in zip(full.train_tracks, full.train_track_pids) if p != 1]
+    assert list(zip(dm.train_tracks, dm.train_track_pids)) == kept
+    assert 'training labels: 3 identities (all of track_train_info.txt), 1 of them without a tracklet of >= 12 frames' \
+        in capsys.readouterr().out
+    assert full.num_ids_without_tracklet == 0
+
+def test_check_files_false(copy):
+    r = copy('vcm'); frames = sorted((r / 'Train').rglob('*.jpg'))
+    for p in frames: p.unlink()
+    fails('image not found', HITSZVCMDataManager, r)
+    assert len(HITSZVCMDataManager(r, verbose=False, check_files=False).train_tracks) > 0
+
 def test_get_data_manager_unknown(tmp_path):
     with pytest.raises(ValueError, match='valid names: HITSZVCM, BUPTCampus'): get_data_manager('MARS', tmp_path)
 

@@ -51,7 +51,7 @@ def _stats_row(name, tracks, pids, mids):
 
 class _ManagerBase:
     "Attributes, statistics and the existence check shared by the dataset managers."
-    name = ''
+    name, num_ids_without_tracklet = '', 0
     def statistics(self) -> list[dict]:
         "One dict of counts per subset (train, query, gallery)."
         return [_stats_row(s, getattr(self, f'{s}_tracks'), getattr(self, f'{s}_track_pids'),
@@ -161,7 +161,16 @@ def _read_vcm_query_idx(path:Path, num_rows:int) -> list[int]:
     if not idx: _fail("no query indices", path)
     return idx
 
-# %% ../../nbs/01_data.manager.ipynb #8fe3bfaa
+def _check_vcm_rows(track_file:Path, rows:list, names_file:Path, names:list):
+    "verify=True: every frame of a row names the row's pid and modality (catches 0-based / shifted indices)."
+    for i, (mid, s, e, pid, cid) in enumerate(rows):
+        for j in range(s - 1, e):
+            npid, nmod = Path(names[j]).parts[-4:-2]
+            if int(npid) != pid or (nmod == 'ir') != (mid == 1):
+                _fail(f"row (modality {mid}, pid {pid}) covers {names_file.name} line {j + 1} of pid {npid}, "
+                      f"modality {nmod}: indices shifted or rows mixed up?", track_file, i + 1)
+
+# %% ../../nbs/01_data.manager.ipynb #24cc95a3
 class HITSZVCMDataManager(_ManagerBase):
     "HITSZ-VCM tracklets (split or merged layout; info files in `info/` or at the root), >= `min_seq_len` frames."
     name = 'HITSZVCM'
@@ -171,6 +180,7 @@ class HITSZVCMDataManager(_ManagerBase):
                  verify:bool=False, # check that every image exists and that names match their rows (slow on the real data)
                  verbose:bool=True, # print the statistics table
                  layout:str='auto', # 'auto', 'split' or 'merged'
+                 check_files:bool=True, # False: never look at the image files (m3reid-check-data inspects them itself)
                 ):
         root = Path(dataset_dir).expanduser().resolve()
         if not root.is_dir(): _fail("dataset folder not found", root)
@@ -188,36 +198,24 @@ class HITSZVCMDataManager(_ManagerBase):
                   'gallery': [r for i, r in enumerate(test_rows) if i not in q_set]}
         self.num_tracks_before_filter = {k: len(v) for k, v in splits.items()}
         kept = {k: [r for r in v if r[2] - r[1] + 1 >= min_seq_len] for k, v in splits.items()}
-        self.num_tracks_after_filter = {k: len(v) for k, v in kept.items()}
-        self._kept, self._name_files = kept, (f['train_name.txt'], f['test_name.txt'])
-        label = relabel([r[3] for r in kept['train']])
+        self.num_tracks_after_filter, self._kept = {k: len(v) for k, v in kept.items()}, kept
+        self._name_files = (f['train_name.txt'], f['test_name.txt'])
+        label = relabel([r[3] for r in train_rows])   # all training ids, before the length filter
         for split, rows in kept.items():
             names = train_names if split == 'train' else test_names
             setattr(self, f'{split}_tracks', [tuple(names[r[1] - 1:r[2]]) for r in rows])
             setattr(self, f'{split}_track_pids', [label[r[3]] if split == 'train' else r[3] for r in rows])
             setattr(self, f'{split}_track_cids', [r[4] for r in rows])
             setattr(self, f'{split}_track_mids', [r[0] for r in rows])
-        self.train_track_pair = [-1] * len(self.train_tracks)
-        self.pid2label = label
-        self.train_num_pids = len(label)
-        self.query_num_pids = len({r[3] for r in splits['query']})
-        self.gallery_num_pids = len({r[3] for r in splits['gallery']})
+        self.train_track_pair, self.pid2label, self.train_num_pids = [-1] * len(self.train_tracks), label, len(label)
+        self.num_ids_without_tracklet = len(label) - len({r[3] for r in kept['train']})
+        self.query_num_pids, self.gallery_num_pids = (len({r[3] for r in splits[k]}) for k in ('query', 'gallery'))
         self.test_num_pids = len({r[3] for r in test_rows})
         if verify:
-            self._check_rows(f['track_train_info.txt'], train_rows, f['train_name.txt'], train_names)
-            self._check_rows(f['track_test_info.txt'], test_rows, f['test_name.txt'], test_names)
-        self._check_images(self._image_entries(train_names, test_names), verify)
+            _check_vcm_rows(f['track_train_info.txt'], train_rows, f['train_name.txt'], train_names)
+            _check_vcm_rows(f['track_test_info.txt'], test_rows, f['test_name.txt'], test_names)
+        if check_files: self._check_images(self._image_entries(train_names, test_names), verify)
         if verbose: self.print_statistics()
-
-    @staticmethod
-    def _check_rows(track_file, rows, names_file, names):
-        "verify=True: every frame of a row names the row's pid and modality (catches 0-based / shifted indices)."
-        for i, (mid, s, e, pid, cid) in enumerate(rows):
-            for j in range(s - 1, e):
-                npid, nmod = Path(names[j]).parts[-4:-2]
-                if int(npid) != pid or (nmod == 'ir') != (mid == 1):
-                    _fail(f"row (modality {mid}, pid {pid}) covers {names_file.name} line {j + 1} of pid {npid}, "
-                          f"modality {nmod}: indices shifted or rows mixed up?", track_file, i + 1)
 
     def _image_entries(self, train_names, test_names):
         "(path, 'names file, line N') for every frame of every kept tracklet."
@@ -229,7 +227,9 @@ class HITSZVCMDataManager(_ManagerBase):
     def _extra_stats(self):
         b, a = self.num_tracks_before_filter, self.num_tracks_after_filter
         return [f"layout = {self.layout}, info files in {self.info_dir}",
-                f"min_seq_len = {self.min_seq_len}: " + ', '.join(f"{k} {b[k]} -> {a[k]} tracklets" for k in b)]
+                f"min_seq_len = {self.min_seq_len}: " + ', '.join(f"{k} {b[k]} -> {a[k]} tracklets" for k in b),
+                f"training labels: {self.train_num_pids} identities (all of track_train_info.txt), "
+                f"{self.num_ids_without_tracklet} of them without a tracklet of >= {self.min_seq_len} frames"]
 
 # %% ../../nbs/01_data.manager.ipynb #5b3dba3a
 BUPT_CAMERAS = ('LS3', 'G25', 'CQ1', 'W4', 'TSG1', 'TSG2')
@@ -259,7 +259,7 @@ def _read_bupt_list(path:Path, paths:dict, json_path:Path, pair:bool) -> list[tu
             out.append((int(pid), BUPT_CAM2ID[cam], BUPT_MOD2ID[m], node, i + 1))
     return out
 
-# %% ../../nbs/01_data.manager.ipynb #53c217e5
+# %% ../../nbs/01_data.manager.ipynb #e6a5823a
 class BUPTCampusDataManager(_ManagerBase):
     "BUPTCampus tracklets from `DATA/`, `data_paths.json` and the list files; RGB/IR training pairs become two tracklets."
     name = 'BUPTCampus'
@@ -268,6 +268,7 @@ class BUPTCampusDataManager(_ManagerBase):
                  use_auxiliary:bool=False, # add train_auxiliary.txt identities (labels after the training ones)
                  verify:bool=False, # check that every image file exists
                  verbose:bool=True, # print the statistics table
+                 check_files:bool=True, # False: never look at the image files (m3reid-check-data inspects them itself)
                 ):
         root = Path(dataset_dir).expanduser().resolve()
         if not root.is_dir(): _fail("dataset folder not found", root)
@@ -303,7 +304,7 @@ class BUPTCampusDataManager(_ManagerBase):
         self.query_num_pids = len(set(self.query_track_pids))
         self.gallery_num_pids = len(set(self.gallery_track_pids))
         self.test_num_pids = len(set(self.query_track_pids) | set(self.gallery_track_pids))
-        self._check_images(self._image_entries(), verify)
+        if check_files: self._check_images(self._image_entries(), verify)
         if verbose: self.print_statistics()
 
     def _image_entries(self):

@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'IdentityBatchSampler', 'PKSampler', 'CrossModalityIdentitySampler', 'CrossModalityRandomSampler',
-           'build_sampler']
+           'build_sampler', 'sample_seed', 'SampleKey', 'KeyedBatchSampler']
 
 # %% ../../nbs/05_data.samplers.ipynb #32ffe2c7
-import warnings
+import hashlib, struct, warnings
 from collections import deque
+from typing import NamedTuple
 import numpy as np
 
 # %% ../../nbs/05_data.samplers.ipynb #6842c729
@@ -159,3 +160,54 @@ def build_sampler(name:str, # a key of SAMPLERS
     "Build the batch sampler registered under `name`."
     if name not in SAMPLERS: raise ValueError(f"unknown sampler {name!r}; valid names: {sorted(SAMPLERS)}")
     return SAMPLERS[name](pids, mids, **kw)
+
+# %% ../../nbs/05_data.samplers.ipynb #34ffabe2
+def sample_seed(seed:int, # the run's base seed
+                epoch:int, # the epoch
+                rank:int, # the distributed rank (0 without DDP)
+                position:int, # the sample's position in this rank's epoch
+               )->int: # 64-bit seed
+    "The seed of every random draw of one training sample: a pure function of (seed, epoch, rank, position)."
+    vals = [int(seed), int(epoch), int(rank), int(position)]
+    if min(vals) < 0 or max(vals) >= 2**64: raise ValueError(f"sample_seed needs seed, epoch, rank and position in [0, 2**64), got {vals}")
+    return int.from_bytes(hashlib.blake2b(struct.pack('<4Q', *vals), digest_size=8).digest(), 'little')
+
+class SampleKey(NamedTuple):
+    "A training sample's dataset index and the seed of all its random draws; `VideoVIDataset` accepts it as an index."
+    index: int
+    seed: int
+
+# %% ../../nbs/05_data.samplers.ipynb #3b64fc47
+class KeyedBatchSampler:
+    "Wrap a batch sampler: batches of `SampleKey(index, seed)`, seeds from (seed, epoch, rank, position)."
+    def __init__(self, batch_sampler, # any iterable of index lists with `len()` (our samplers: `set_epoch` too)
+                 seed:int=0, # the run's base seed
+                 rank:int|None=None, # distributed rank; None: the wrapped sampler's `rank` (else 0)
+                ):
+        self.batch_sampler, self.seed = batch_sampler, int(seed)
+        self.rank = int(getattr(batch_sampler, 'rank', 0) if rank is None else rank)
+        if self.seed < 0 or self.rank < 0: raise ValueError(f"seed ({seed}) and rank ({rank}) must be >= 0")
+        self.epoch, self.start_batch = int(getattr(batch_sampler, 'epoch', 0)), 0
+
+    def set_epoch(self, epoch:int, # the epoch (also set on the wrapped sampler)
+                  start_batch:int=0, # the first batch to yield (a mid-epoch resume skips the batches already trained)
+                 ):
+        "Select the epoch and the batch its iteration starts at (until the next `set_epoch`)."
+        if int(epoch) < 0: raise ValueError(f"set_epoch: epoch must be >= 0, got {epoch}")
+        if hasattr(self.batch_sampler, 'set_epoch'): self.batch_sampler.set_epoch(epoch)
+        self.epoch, n = int(epoch), len(self.batch_sampler)
+        if not 0 <= int(start_batch) <= n:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{n} (the batches of epoch {epoch})")
+        self.start_batch = int(start_batch)
+
+    def __iter__(self):
+        pos = 0
+        for b, batch in enumerate(self.batch_sampler):
+            if b >= self.start_batch:
+                yield [SampleKey(int(i), sample_seed(self.seed, self.epoch, self.rank, pos + j)) for j, i in enumerate(batch)]
+            pos += len(batch)
+
+    def __len__(self): return len(self.batch_sampler) - self.start_batch
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.batch_sampler!r}, seed={self.seed}, epoch={self.epoch}, start_batch={self.start_batch})"

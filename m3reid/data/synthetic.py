@@ -4,7 +4,7 @@
 
 # %% ../../nbs/02_data.synthetic.ipynb #fdbfb4c3
 from __future__ import annotations
-import argparse, json, os, shutil, sys, time
+import argparse, functools, json, os, shutil, sys, time
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -128,7 +128,7 @@ def make_motion(rng:np.random.Generator, # tracklet generator
     foot = H * camera['foot'] - 0.015 * hp * np.abs(np.sin(phase))
     return dict(hp=hp, cx=cx, foot=foot, phase=phase, facing=float(rng.choice([-1, 1])))
 
-# %% ../../nbs/02_data.synthetic.ipynb #619148b8
+# %% ../../nbs/02_data.synthetic.ipynb #ea16329b
 def _pattern(name, u, v, f, ph):
     "Boolean mask of the second garment material for pattern `name` at garment coordinates u in [-1,1], v in [0,1]."
     if name == 'plain': return np.zeros(u.shape, bool)
@@ -140,6 +140,7 @@ def _pattern(name, u, v, f, ph):
     if name == 'logo': return (np.abs(u) < 0.4) & (np.abs(v - 0.35) < 0.16)
     raise ValueError(f"unknown pattern {name!r}")
 
+# %% ../../nbs/02_data.synthetic.ipynb #9dadf70e
 def render_materials(ident:dict, motion:dict, H:int, W:int) -> tuple[np.ndarray, np.ndarray]:
     "Material map uint8 [T,H,W] and body-x coordinate [T,H,W] (for shading) of one tracklet."
     d = ident
@@ -277,7 +278,40 @@ def _pick_cameras(rng, num_cameras, cams_per_id):
     "Sorted distinct camera indices seen by one identity."
     return sorted(rng.choice(num_cameras, size=cams_per_id, replace=False).tolist())
 
-# %% ../../nbs/02_data.synthetic.ipynb #8a871c92
+# %% ../../nbs/02_data.synthetic.ipynb #0a3a1af6
+def _write_vcm_split(img_root:Path, # Train/, Test/ or the root (merged layout)
+                     pids:list, # the split's identities
+                     cams:list, # `make_camera` of every camera
+                     p:dict, # the writer's parameters
+                    ) -> tuple[list, list]: # frame names, rows (modality, start, end, pid, camera)
+    "Render and save every tracklet of one split's identities, HITSZ-VCM style."
+    seed, (H, W), (f0, f1), (s0, s1) = p['seed'], p['img_size'], p['frames'], p['short_frames']
+    names, rows, folder_count = [], [], {}
+    for pid in pids:
+        ident = make_identity(seed, pid)
+        rng = np.random.default_rng([seed, 3, pid])
+        tracks = [(m, c, int(rng.integers(f0, f1 + 1)))
+                  for c in _pick_cameras(rng, p['num_cameras'], p['cams_per_id']) for m in (1, 2) for _ in range(p['tracks_per_cam'])]
+        for m in (1, 2):
+            if rng.random() < p['short_prob']:
+                tracks.append((m, int(rng.integers(p['num_cameras'])), int(rng.integers(s0, s1 + 1))))
+        tnum = {}
+        for m, c, n in tracks:
+            motion = make_motion(rng, ident, cams[c], n, H, W)
+            lab, lx = render_materials(ident, motion, H, W)
+            fr = shade_frames(lab, lx, ident, cams[c], 'IR' if m == 1 else 'RGB', rng)
+            key = (m, c); tnum[key] = tnum.get(key, 0) + 1
+            folder = img_root / f"{pid:04d}" / ('ir' if m == 1 else 'rgb') / f"D{c + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            k0, start = folder_count.get(folder, 0), len(names) + 1
+            files = [f"{k0 + j + 1}.jpg" for j in range(n)]
+            folder_count[folder] = k0 + n
+            names += [f"{pid:04d}M{m}D{c + 1}T{tnum[key]}F{f}" for f in files]
+            _save_frames(fr, [folder / f for f in files], p['quality'])
+            rows.append((m, start, len(names), pid, c + 1))
+    return names, rows
+
+# %% ../../nbs/02_data.synthetic.ipynb #2be4e5cd
 def make_synthetic_hitszvcm(root:str, # folder to write (created; must be empty, or complete with the same parameters)
                             num_train_ids:int=40, # training identities
                             num_test_ids:int=20, # test identities
@@ -318,29 +352,7 @@ def make_synthetic_hitszvcm(root:str, # folder to write (created; must be empty,
     counts, index = {}, 0
     for split, pids in (('train', train_pids), ('test', test_pids)):
         img_root = (root / ('Train' if split == 'train' else 'Test')) if layout == 'split' else root
-        names, rows, folder_count = [], [], {}
-        for pid in pids:
-            ident = make_identity(seed, pid)
-            rng = np.random.default_rng([seed, 3, pid])
-            tracks = [(m, c, int(rng.integers(frames[0], frames[1] + 1)))
-                      for c in _pick_cameras(rng, num_cameras, cams_per_id) for m in (1, 2) for _ in range(tracks_per_cam)]
-            for m in (1, 2):
-                if rng.random() < short_prob:
-                    tracks.append((m, int(rng.integers(num_cameras)), int(rng.integers(short_frames[0], short_frames[1] + 1))))
-            tnum = {}
-            for m, c, n in tracks:
-                motion = make_motion(rng, ident, cams[c], n, H, W)
-                lab, lx = render_materials(ident, motion, H, W)
-                fr = shade_frames(lab, lx, ident, cams[c], 'IR' if m == 1 else 'RGB', rng)
-                key = (m, c); tnum[key] = tnum.get(key, 0) + 1
-                folder = img_root / f"{pid:04d}" / ('ir' if m == 1 else 'rgb') / f"D{c + 1}"
-                folder.mkdir(parents=True, exist_ok=True)
-                k0, start = folder_count.get(folder, 0), len(names) + 1
-                files = [f"{k0 + j + 1}.jpg" for j in range(n)]
-                folder_count[folder] = k0 + n
-                names += [f"{pid:04d}M{m}D{c + 1}T{tnum[key]}F{f}" for f in files]
-                _save_frames(fr, [folder / f for f in files], quality)
-                rows.append((m, start, len(names), pid, c + 1))
+        names, rows = _write_vcm_split(img_root, pids, cams, params)
         (info_dir / f"{split}_name.txt").write_text('\n'.join(names) + '\n')
         (info_dir / f"track_{split}_info.txt").write_text('\n'.join(' '.join(map(str, r)) for r in rows) + '\n')
         if split == 'test':
@@ -355,6 +367,7 @@ def make_synthetic_hitszvcm(root:str, # folder to write (created; must be empty,
     if verbose: _print_summary(root, info)
     return root
 
+# %% ../../nbs/02_data.synthetic.ipynb #59e21fdf
 def _print_summary(root, info):
     "Print what a writer wrote."
     print(f"wrote synthetic {info['dataset']} to {root} in {info['seconds']:.1f} s "
@@ -362,7 +375,19 @@ def _print_summary(root, info):
     for k, v in info['counts'].items():
         if isinstance(v, dict): print(f"  {k:<9} " + ', '.join(f"{a} {b}" for a, b in v.items()))
 
-# %% ../../nbs/02_data.synthetic.ipynb #cb7e30a4
+# %% ../../nbs/02_data.synthetic.ipynb #414d0be1
+def _write_bupt_track(root:Path, paths:dict, counts:dict, quality:int, # dataset root, data_paths.json content, counts
+                      pid:int, mod:str, cam:str, tid:int, # the tracklet
+                      fr:np.ndarray, f0:int, lst:str, # its frames, first frame number, and its list file
+                     ):
+    "Save one BUPTCampus tracklet under DATA/, record it in `paths` and count it."
+    rel = [f"{pid}/{mod}/{cam}/{pid}_{mod}_{cam}_{tid}_{f0 + j}.jpg" for j in range(len(fr))]
+    (root / 'DATA' / rel[0]).parent.mkdir(parents=True, exist_ok=True)
+    _save_frames(fr, [root / 'DATA' / p for p in rel], quality)
+    paths.setdefault(str(pid), {}).setdefault(mod, {}).setdefault(cam, {})[str(tid)] = rel
+    c = counts[lst]; c['tracks'] += 1; c['images'] += len(rel); c[f"{mod.lower()}_tracks"] += 1
+
+# %% ../../nbs/02_data.synthetic.ipynb #a9ac760b
 def make_synthetic_buptcampus(root:str, # folder to write (created; must be empty, or complete with the same parameters)
                               num_train_ids:int=40, # training identities
                               num_test_ids:int=20, # test identities
@@ -396,12 +421,7 @@ def make_synthetic_buptcampus(root:str, # folder to write (created; must be empt
     paths, lines = {}, {n: [] for n in lists}
     counts = {n: dict(ids=0, tracks=0, images=0, ir_tracks=0, rgb_tracks=0) for n in lists}
 
-    def write(pid, mod, cam, tid, fr, f0, lst):
-        rel = [f"{pid}/{mod}/{cam}/{pid}_{mod}_{cam}_{tid}_{f0 + j}.jpg" for j in range(len(fr))]
-        (root / 'DATA' / rel[0]).parent.mkdir(parents=True, exist_ok=True)
-        _save_frames(fr, [root / 'DATA' / p for p in rel], quality)
-        paths.setdefault(str(pid), {}).setdefault(mod, {}).setdefault(cam, {})[str(tid)] = rel
-        c = counts[lst]; c['tracks'] += 1; c['images'] += len(rel); c[f"{mod.lower()}_tracks"] += 1
+    write = functools.partial(_write_bupt_track, root, paths, counts, quality)
 
     for lst, pids in (('train', train_pids), ('train_auxiliary', aux_pids), ('test', test_pids)):
         for pid in pids:
@@ -443,7 +463,7 @@ def render_tracklet(seed:int, # dataset seed
     lab, lx = render_materials(ident, make_motion(rng, ident, cam, n, H, W), H, W)
     return shade_frames(lab, lx, ident, cam, modality, rng)
 
-# %% ../../nbs/02_data.synthetic.ipynb #23117f0d
+# %% ../../nbs/02_data.synthetic.ipynb #2976ff45
 def build_synth_parser() -> argparse.ArgumentParser:
     "Argument parser of `m3reid-synth`."
     p = argparse.ArgumentParser(prog='m3reid-synth', description='Write a synthetic HITSZ-VCM or BUPTCampus dataset in the real on-disk layout.')
@@ -467,6 +487,7 @@ def build_synth_parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='print nothing')
     return p
 
+# %% ../../nbs/02_data.synthetic.ipynb #f96ec351
 def synth_main(argv=None) -> None:
     "Console entry point of `m3reid-synth`: parse arguments, write the dataset, print what was written."
     p = build_synth_parser()

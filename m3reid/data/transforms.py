@@ -81,12 +81,21 @@ class NormalizeClip(v2.Transform):
         return _wrap_like(out, inpt)
 
 # %% ../../nbs/04_data.transforms.ipynb #3aa42c5f
+def _leading_resize(transforms:list)->tuple|None:
+    "(height, width) of a first step `v2.Resize((h, w))`, else None."
+    first = transforms[0] if transforms else None
+    if isinstance(first, v2.Resize) and isinstance(first.size, (list, tuple)) and len(first.size) == 2: return tuple(first.size)
+    return None
+
 class ClipTransform(torch.nn.Module):
     "Apply a v2 pipeline to a uint8 clip [T,3,H,W] as one `Video` (one random draw for all frames)."
     def __init__(self, transforms:list, # torchvision.transforms.v2 transforms, applied in order
+                 size:tuple|None=None, # (height, width) the input frames should have; None: that of a leading Resize
                 ):
         super().__init__()
-        self.pipeline = v2.Compose(list(transforms))
+        transforms = list(transforms)
+        self.pipeline = v2.Compose(transforms)
+        self.size = tuple(size) if size is not None else _leading_resize(transforms)
 
     def forward(self, clip:torch.Tensor, # [T, 3, H, W], usually uint8
                )->torch.Tensor: # float32 [T, 3, h, w]
@@ -94,7 +103,7 @@ class ClipTransform(torch.nn.Module):
             raise ValueError(f"ClipTransform expects a [T, 3, H, W] tensor, got {getattr(clip, 'shape', type(clip))}")
         return self.pipeline(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
 
-    def __repr__(self): return f"{type(self).__name__}({self.pipeline.transforms})"
+    def __repr__(self): return f"{type(self).__name__}({self.pipeline.transforms}, size={self.size})"
 
 def _normalize(): return [NormalizeClip(IMAGENET_MEAN, IMAGENET_STD)]
 

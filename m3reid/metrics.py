@@ -10,6 +10,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .rerank import k_reciprocal, rerank_settings
+
 # %% auto #0
 __all__ = ['DATASETS', 'PROTOCOLS', 'pairwise_distance', 'evaluate_reference', 'evaluate', 'evaluate_cross_modality', 'summarize']
 
@@ -102,7 +104,7 @@ def _same_id_table(q_pids:torch.Tensor, g_pids:torch.Tensor)->torch.Tensor:
     idx = order[(starts[grp][:, None] + j).clamp_(max=g_pids.numel() - 1)]
     return torch.where(j < n[:, None], idx, -1)
 
-# %% ../nbs/30_metrics.ipynb #a40496a4
+# %% ../nbs/30_metrics.ipynb #637f8950
 def _flat_nonzero(table:torch.Tensor, # [B, nbins] bool: flagged bins of each row
                   bins:torch.Tensor, # [B, G] int64 bin of every entry
                  )->torch.Tensor: # flat indices of the entries whose bin is flagged
@@ -124,6 +126,7 @@ def _rows(D:torch.Tensor, s:int, e:int)->torch.Tensor:
     for j in range(0, c.shape[1], 256): out[:, j:j + 256] = c[:, j:j + 256]
     return out
 
+# %% ../nbs/30_metrics.ipynb #fca047cd
 def _positive_ranks(D:torch.Tensor, # [B, G] contiguous float distances of a chunk of queries
                     S:torch.Tensor, # [B, S] same-identity gallery indices, -1 padded
                     q_cams:torch.Tensor, # [B] query cameras
@@ -244,7 +247,7 @@ def evaluate(distmat:torch.Tensor, # [num_query, num_gallery] distances, lower i
     if per_query: out.update(ap=ap, inp=inp, first_rank=first, num_pos=npos)
     return out
 
-# %% ../nbs/30_metrics.ipynb #fb4c3e52
+# %% ../nbs/30_metrics.ipynb #a7e2152a
 DATASETS = ('HITSZVCM', 'BUPTCampus')
 PROTOCOLS = ('m3reid', 'official')
 
@@ -264,10 +267,11 @@ def evaluate_cross_modality(dataset:str, # 'HITSZVCM' or 'BUPTCampus'
                             protocol:str='m3reid', # 'm3reid' (camera filter) or 'official' (BUPTCampus: no camera filter)
                             max_rank:int=20, # length of the CMC curves
                             metric:str='cosine', # distance for `pairwise_distance`
+                            rerank:dict|None=None, # k-reciprocal re-ranking settings (k1, k2, lambda_value); None: none
                             **kwargs, # passed to `evaluate` (chunk_size, num_bins, per_query)
                            )->dict: # {'i2v': result, 'v2i': result}
     "Infrared-to-visible and visible-to-infrared results of one dataset's protocol."
-    dataset = _dataset_name(dataset)
+    dataset, rr = _dataset_name(dataset), rerank_settings(rerank)
     if protocol not in PROTOCOLS: raise ValueError(f'unknown protocol {protocol!r}; valid: {", ".join(PROTOCOLS)}')
     q_feats, g_feats = torch.as_tensor(q_feats), torch.as_tensor(g_feats)
     if q_feats.dim() != 2 or g_feats.dim() != 2:
@@ -283,8 +287,12 @@ def evaluate_cross_modality(dataset:str, # 'HITSZVCM' or 'BUPTCampus'
             warnings.warn('HITSZVCM: the query split is expected to be infrared and the gallery visible; '
                           'modes are defined by the split, so i2v/v2i are named after that assumption')
         D = pairwise_distance(q_feats, g_feats, metric)
-        return {'i2v': evaluate(D, q_pids, g_pids, q_cids, g_cids, **ev),
-                'v2i': evaluate(D.t(), g_pids, q_pids, g_cids, q_cids, **ev)}
+        if rr is None: Di, Dv = D, D.t()
+        else:
+            Dqq, Dgg = pairwise_distance(q_feats, q_feats, metric), pairwise_distance(g_feats, g_feats, metric)
+            Di, Dv = k_reciprocal(D, Dqq, Dgg, **rr), k_reciprocal(D.t(), Dgg, Dqq, **rr)
+        return {'i2v': evaluate(Di, q_pids, g_pids, q_cids, g_cids, **ev),
+                'v2i': evaluate(Dv, g_pids, q_pids, g_cids, q_cids, **ev)}
     ev['camera_filter'] = protocol == 'm3reid'
     out = {}
     for mode, qm, gm in (('i2v', 1, 2), ('v2i', 2, 1)):
@@ -292,7 +300,9 @@ def evaluate_cross_modality(dataset:str, # 'HITSZVCM' or 'BUPTCampus'
         if len(qi) == 0 or len(gi) == 0:
             raise ValueError(f'BUPTCampus {mode}: {len(qi)} queries with modality {qm} and {len(gi)} gallery '
                              f'tracklets with modality {gm}; both must be non-empty')
-        D = pairwise_distance(q_feats[qi], g_feats[gi], metric)
+        qf, gf = q_feats[qi], g_feats[gi]
+        D = pairwise_distance(qf, gf, metric)
+        if rr is not None: D = k_reciprocal(D, pairwise_distance(qf, qf, metric), pairwise_distance(gf, gf, metric), **rr)
         out[mode] = evaluate(D, q_pids[qi], g_pids[gi], q_cids[qi], g_cids[gi], **ev)
     return out
 

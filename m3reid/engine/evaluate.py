@@ -17,22 +17,25 @@ from ..data.dataset import VideoVIDataset
 from ..data.transforms import test_transforms
 from ..utils import atomic_write
 from ..metrics import evaluate_cross_modality, summarize
+from ..rerank import rerank_settings
 
 # %% auto #0
 __all__ = ['AMP_DTYPES', 'build_test_sets', 'amp_dtype_of', 'extract_features', 'shard_range', 'gather_padded', 'extract_dataset',
-           'evaluate_model', 'mean_map', 'format_eval_block', 'log_eval_tensorboard', 'read_metrics', 'append_metrics',
-           'truncate_metrics', 'make_eval_record']
+           'NonFiniteFeaturesError', 'check_finite_features', 'evaluate_model', 'mean_map', 'format_eval_block',
+           'log_eval_tensorboard', 'read_metrics', 'append_metrics', 'truncate_metrics', 'make_eval_record']
 
-# %% ../../nbs/41_engine.evaluate.ipynb #3e2b5614
+# %% ../../nbs/41_engine.evaluate.ipynb #e48db5de
 def build_test_sets(manager, # a data manager (or any object with query_/gallery_ lists)
                     img_h:int=288, # input height
                     img_w:int=144, # input width
                     seq_len:int=6, # frames per clip (T)
                     test_clips:int=1, # clips per tracklet whose embeddings are averaged
+                    bad_frames:str='error', # unreadable frames: 'error' stops, 'skip' uses the nearest readable frame
                    )->tuple: # (query dataset, gallery dataset)
     "The query and gallery `VideoVIDataset`s with the deterministic test pipeline."
     tf = test_transforms(img_h, img_w)
-    return tuple(VideoVIDataset(manager, tf, seq_len=seq_len, sample_mode='evenly', dataset_mode=m, num_clips=test_clips)
+    kw = {} if bad_frames == 'error' else {'bad_frames': bad_frames}
+    return tuple(VideoVIDataset(manager, tf, seq_len=seq_len, sample_mode='evenly', dataset_mode=m, num_clips=test_clips, **kw)
                  for m in ('query', 'gallery'))
 
 # %% ../../nbs/41_engine.evaluate.ipynb #908841f0
@@ -126,7 +129,19 @@ def extract_dataset(model:torch.nn.Module, # the (unwrapped) model
     pcm = gather_padded(torch.stack([p, c, m], 1) if p.numel() else torch.zeros(0, 3, dtype=torch.long), n, coll_dev)
     return f, pcm[:, 0], pcm[:, 1], pcm[:, 2]
 
-# %% ../../nbs/41_engine.evaluate.ipynb #4b699f27
+# %% ../../nbs/41_engine.evaluate.ipynb #9179fe71
+class NonFiniteFeaturesError(ValueError):
+    "Embeddings holding NaN or inf (broken model weights or an autocast overflow)."
+
+def check_finite_features(feats:torch.Tensor, # [N, D] embeddings
+                          what:str='query', # which set, for the message
+                         ):
+    "Raise `NonFiniteFeaturesError` when any embedding is not finite."
+    n = int((~torch.isfinite(feats)).any(1).sum()) if feats.numel() else 0
+    if n: raise NonFiniteFeaturesError(f"{n} of {len(feats)} {what} embeddings are non-finite "
+                                       "(model weights or autocast overflow)")
+
+# %% ../../nbs/41_engine.evaluate.ipynb #8b7fd7c2
 def _mode_summary(res:dict)->dict:
     out = {k: float(v) for k, v in summarize(res).items()}
     for k in ('num_query', 'num_gallery', 'num_valid'):
@@ -143,27 +158,33 @@ def evaluate_model(model:torch.nn.Module, # the (unwrapped) model
                    workers:int=0, # DataLoader workers
                    amp_dtype=None, # autocast dtype name for extraction (None = fp32)
                    flip:bool=False, # flip fusion
-                  )->dict: # {'i2v': {...}, 'v2i': {...}, 'time_extract': s, 'time_metric': s}
+                   *,
+                   rerank:dict|bool|None=None, # k-reciprocal re-ranking: None, True (defaults) or a dict of k1, k2, lambda_value
+                  )->dict: # {'i2v': {...}, 'v2i': {...}, 'time_extract': s, 'time_metric': s, 'rerank': settings or None}
     "Extract features and score both retrieval modes; identical on every DDP rank."
+    rr = rerank_settings(rerank)
     t0 = time.time()
     kw = dict(batch_size=batch_size, workers=workers, amp_dtype=amp_dtype, flip=flip)
     q = extract_dataset(model, query_set, device, **kw)
+    check_finite_features(q[0], 'query' if gallery_set is not None else 'validation')
     g = q if gallery_set is None else extract_dataset(model, gallery_set, device, **kw)
+    check_finite_features(g[0], 'gallery')
     t1 = time.time()
     out = [None]
     if not _dist_on() or dist.get_rank() == 0:
-        res = evaluate_cross_modality(dataset_name, q[0], g[0], q[1], g[1], q[2], g[2], q[3], g[3], protocol=protocol)
+        res = evaluate_cross_modality(dataset_name, q[0], g[0], q[1], g[1], q[2], g[2], q[3], g[3], protocol=protocol,
+                                      rerank=rr)
         out = [{'i2v': _mode_summary(res['i2v']), 'v2i': _mode_summary(res['v2i'])}]
     if _dist_on(): dist.broadcast_object_list(out, src=0)
     result = out[0]
-    result.update(time_extract=t1 - t0, time_metric=time.time() - t1)
+    result.update(time_extract=t1 - t0, time_metric=time.time() - t1, rerank=rr)
     return result
 
 def mean_map(result:dict)->float: # (i2v mAP + v2i mAP) / 2; NaN when a mode had no valid query
     "The model-selection score: mean mAP of the two modes."
     return (result['i2v']['mAP'] + result['v2i']['mAP']) / 2
 
-# %% ../../nbs/41_engine.evaluate.ipynb #dbc5841b
+# %% ../../nbs/41_engine.evaluate.ipynb #c98f12cc
 _KEYS = ('r1', 'r5', 'r10', 'r20', 'mAP', 'mINP')
 _NAMES = {'r1': 'Rank-1', 'r5': 'Rank-5', 'r10': 'Rank-10', 'r20': 'Rank-20', 'mAP': 'mAP', 'mINP': 'mINP'}
 
@@ -173,6 +194,8 @@ def format_eval_block(result:dict, # from `evaluate_model`
                      )->str:
     "The evaluation block printed to the console and the text log."
     head = 'EVAL' + (' (validation split)' if split == 'val' else '') + (f' - Epoch: [{epoch}]' if epoch is not None else '')
+    rr = result.get('rerank')
+    if rr: head += f" (re-ranked: k1={rr['k1']}, k2={rr['k2']}, lambda={rr['lambda_value']:g})"
     te, tm = result.get('time_extract', 0.0), result.get('time_metric', 0.0)
     lines = ['~' * 100, f"{head}  Time: {te + tm:.2f}s (extract {te:.2f}s, metric {tm:.2f}s)"]
     for mode, name in (('i2v', 'Infrared -> Visible (i2v)'), ('v2i', 'Visible -> Infrared (v2i)')):
@@ -184,7 +207,7 @@ def format_eval_block(result:dict, # from `evaluate_model`
     lines.append('~' * 100)
     return '\n'.join(lines)
 
-# %% ../../nbs/41_engine.evaluate.ipynb #1da009f7
+# %% ../../nbs/41_engine.evaluate.ipynb #4d6a81d3
 def log_eval_tensorboard(writer, # a `SummaryWriter` or None
                          result:dict, # from `evaluate_model`
                          step:int, # global step (the 1-based epoch)
@@ -198,6 +221,7 @@ def log_eval_tensorboard(writer, # a `SummaryWriter` or None
             if math.isfinite(v): writer.add_scalar(f'{prefix}/{mode}_{k}', v, step)
     writer.flush()
 
+# %% ../../nbs/41_engine.evaluate.ipynb #a978a69c
 def _json_safe(obj):
     "Replace NaN/inf floats by None (JSON `null`), recursively, so the file stays strict JSON."
     if isinstance(obj, float): return obj if math.isfinite(obj) else None
@@ -236,6 +260,7 @@ def truncate_metrics(path, # the metrics.json file
     if len(keep) != len(data): _atomic_write_text(Path(path), _dump_metrics(keep))
     return len(data) - len(keep)
 
+# %% ../../nbs/41_engine.evaluate.ipynb #a2194753
 def make_eval_record(result:dict, # from `evaluate_model`
                      epoch:int|None, # 1-based epoch, 0 before training, None if unknown
                      split:str, # 'test' | 'val'
@@ -250,7 +275,7 @@ def make_eval_record(result:dict, # from `evaluate_model`
                      **extra, # anything else worth recording (model, arch, run, ...)
                     )->dict:
     "One `metrics.json` record."
-    rec = {'epoch': epoch, 'split': split,
+    rec = {'epoch': epoch, 'split': split, 'rerank': result.get('rerank'),
            'i2v': {k: result['i2v'][k] for k in _KEYS}, 'v2i': {k: result['v2i'][k] for k in _KEYS},
            'dataset': dataset, 'protocol': protocol, 'seq_len': seq_len, 'test_clips': test_clips,
            'flip_test': bool(flip_test), 'img_size': list(img_size), 'seed': seed,

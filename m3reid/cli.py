@@ -13,8 +13,8 @@ from .utils import UsageError, CheckpointError, run_cli
 from .engine.config import TrainConfig, check_config, config_from_toml, config_from_dict, DATASETS
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build_train_parser', 'parse_train_args', 'train', 'build_test_parser', 'run_test', 'test', 'synth',
-           'demo', 'main']
+__all__ = ['COMMANDS', 'build_train_parser', 'parse_train_args', 'train', 'build_test_parser', 'run_test', 'run_test_features',
+           'test', 'synth', 'demo', 'main']
 
 # %% ../nbs/50_cli.ipynb #16bde570
 def _int(s:str)->int:
@@ -84,7 +84,8 @@ def build_test_parser()->argparse.ArgumentParser:
     g.add_argument('--img_w', type=_int, default=None, help='input width (default: checkpoint, else 144)')
     g.add_argument('--batch_size', type=_int, default=32, help='test tracklets per batch (default 32)')
     g.add_argument('--workers', type=_int, default=4, help='DataLoader workers (default 4)')
-    g.add_argument('--resume', required=True, help='checkpoint to evaluate (snapshot, state or plain state dict)')
+    g.add_argument('--resume', default=None, help='checkpoint to evaluate (snapshot, state or plain state dict); '
+                   'required unless --features is given')
     g.add_argument('--gpu', type=_int, default=None, help='CUDA device index (default 0)')
     g.add_argument('--desc', default=None, help='suffix of the run folder name')
     g = p.add_argument_group('ours')
@@ -104,24 +105,37 @@ def build_test_parser()->argparse.ArgumentParser:
     g.add_argument('--bad_frames', default='error', choices=('error', 'skip'), help='a frame that cannot be read: '
                    "stop naming it, or use the nearest readable frame of the tracklet (default error)")
     g.add_argument('--seed', type=_int, default=None, help='recorded in metrics.json (default: checkpoint, else 0)')
+    g = p.add_argument_group('re-ranking and saved features')
+    g.add_argument('--rerank', action='store_true', help='score k-reciprocal re-ranked distances')
+    g.add_argument('--k1', type=_int, default=20, help='re-ranking: k-reciprocal neighbourhood size (default 20)')
+    g.add_argument('--k2', type=_int, default=6, help='re-ranking: query-expansion neighbourhood size (default 6)')
+    g.add_argument('--lambda_value', type=_float, default=0.3, help='re-ranking: weight of the original distance (default 0.3)')
+    g.add_argument('--features', default=None, help='evaluate a features file written by m3reid-extract instead of a '
+                   'checkpoint (no model, no frames: seconds)')
     return p
 
-def _check_test_args(args):
-    for name in ('img_h', 'img_w', 'batch_size', 'seq_len', 'num_classes', 'test_clips'):
+def _check_test_args(args)->dict|None: # the re-ranking settings, or None
+    "Check what argparse cannot; the re-ranking settings."
+    for name in ('img_h', 'img_w', 'batch_size', 'seq_len', 'num_classes', 'test_clips', 'k1', 'k2'):
         v = getattr(args, name)
         if v is not None and v < 1: raise UsageError(f"--{name} {v}: expected an integer >= 1")
     if args.workers < 0: raise UsageError(f"--workers {args.workers}: expected an integer >= 0")
+    if not 0 <= args.lambda_value <= 1: raise UsageError(f"--lambda_value {args.lambda_value}: expected a number between 0 and 1")
+    if (args.resume is None) == (args.features is None): raise UsageError("give either --resume CKPT or --features FILE")
+    return dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
 
 # %% ../nbs/50_cli.ipynb #48999ff2
 def run_test(args:argparse.Namespace, # from `build_test_parser`
             )->dict: # {'result', 'record', 'run_dir'}
-    "Evaluate the checkpoint `args.resume` and record the result."
+    "Evaluate the checkpoint `args.resume` (or the features file `args.features`) and record the result."
+    rerank = _check_test_args(args)
+    if args.features: return run_test_features(args, rerank)
     import torch
     from m3reid.engine.checkpoint import load_trained_model
-    from m3reid.engine.train import resolve_device, resolve_amp, load_manager
-    from m3reid.engine.evaluate import build_test_sets, evaluate_model, format_eval_block, append_metrics, make_eval_record
+    from m3reid.engine.train import resolve_device, resolve_amp, load_manager, RunStopped
+    from m3reid.engine.evaluate import (build_test_sets, evaluate_model, format_eval_block, append_metrics, make_eval_record,
+                                        NonFiniteFeaturesError)
     from m3reid.utils import make_run_dir, TeeLogger, set_seed
-    _check_test_args(args)
     device = resolve_device(args.device, args.gpu)
     if args.amp_dtype: resolve_amp(False, args.amp_dtype, device)
     torch.set_float32_matmul_precision('high')  # as in training, and as both original scripts
@@ -139,14 +153,37 @@ def run_test(args:argparse.Namespace, # from `build_test_parser`
               f"model {opts.get('model', 'm3reid')}/{opts.get('arch', 'resnet50')}, {info['num_classes']} classes, "
               f"T={args.seq_len}, {args.img_h}x{args.img_w}; device {device}")
         set_seed(args.seed)
-        qs, gs = build_test_sets(manager, args.img_h, args.img_w, args.seq_len, args.test_clips)
-        res = evaluate_model(model, qs, gs, args.dataset, device, protocol=args.eval_protocol, batch_size=args.batch_size,
-                             workers=args.workers, amp_dtype=args.amp_dtype, flip=args.flip_test)
+        qs, gs = build_test_sets(manager, args.img_h, args.img_w, args.seq_len, args.test_clips, bad_frames=args.bad_frames)
+        try: res = evaluate_model(model, qs, gs, args.dataset, device, protocol=args.eval_protocol, batch_size=args.batch_size,
+                                  workers=args.workers, amp_dtype=args.amp_dtype, flip=args.flip_test, rerank=rerank)
+        except NonFiniteFeaturesError as e: raise RunStopped(f"{args.resume}: {e}") from None
         print(format_eval_block(res, None))
         rec = make_eval_record(res, info['epoch'], 'test', args.dataset, args.eval_protocol, args.seq_len,
                                args.test_clips, args.flip_test, (args.img_h, args.img_w), args.seed,
                                str(Path(args.resume).resolve()), model=opts.get('model', 'm3reid'),
                                arch=opts.get('arch', 'resnet50'), run=run.name, amp_dtype=args.amp_dtype)
+        append_metrics(run.metrics_file, rec)
+        print(f"Metrics written to {run.metrics_file}")
+    return {'result': res, 'record': rec, 'run_dir': str(run.root)}
+
+def run_test_features(args:argparse.Namespace, # from `build_test_parser`, with `features`
+                      rerank:dict|None=None, # re-ranking settings
+                     )->dict: # {'result', 'record', 'run_dir'}
+    "Score a features file written by `m3reid-extract` (protocol and re-ranking from the command line)."
+    from m3reid.features import load_features, evaluate_features
+    from m3reid.engine.evaluate import format_eval_block, append_metrics, make_eval_record
+    from m3reid.utils import make_run_dir, TeeLogger
+    fs = load_features(args.features); m = fs.meta
+    dataset, protocol = args.dataset or m.get('dataset', 'HITSZVCM'), args.eval_protocol or 'm3reid'
+    run = make_run_dir(args.output_dir, dataset, args.desc)
+    with TeeLogger(run.log_file, mode='a'):
+        print(f"Args: {args}")
+        print(f"Features: {args.features} ({m.get('checkpoint')}, epoch {m.get('epoch')})")
+        res = evaluate_features(fs, protocol=protocol, rerank=rerank, dataset=dataset)
+        print(format_eval_block(res, None))
+        rec = make_eval_record(res, m.get('epoch'), 'test', dataset, protocol, m.get('seq_len'), m.get('test_clips'),
+                               m.get('flip_test'), m.get('img_size'), args.seed or 0, m.get('checkpoint'),
+                               features=str(Path(args.features).resolve()), run=run.name)
         append_metrics(run.metrics_file, rec)
         print(f"Metrics written to {run.metrics_file}")
     return {'result': res, 'record': rec, 'run_dir': str(run.root)}

@@ -181,13 +181,13 @@ def parse_non_local(spec:str, # 'default' | 'none' | 'a,b,c,d'
         raise UsageError(f"--non_local {spec!r}: expected 'default', 'none' or four counts >= 0 like 0,2,3,0")
     return counts
 
-def _known(kind:str)->list:
-    "Names of the registered methods or backbones (built-in and from plugin packages)."
-    if kind == 'model':
-        from m3reid.models import registry
-        return sorted(registry.available_methods() if hasattr(registry, 'available_methods') else registry.METHODS)
-    from m3reid.models import backbones
-    return sorted(backbones.available_backbones() if hasattr(backbones, 'available_backbones') else backbones.BACKBONES)
+def _check_registered(cfg:TrainConfig):
+    "--model and --arch must name a method and a backbone that are built in or declared by an installed package."
+    from m3reid.models.registry import METHODS
+    from m3reid.models.backbones import BACKBONES
+    for name, reg in (('model', METHODS), ('arch', BACKBONES)):
+        v = getattr(cfg, name)
+        if v not in reg: raise UsageError(f"--{name} {v!r}: {reg.unknown(v)}")
 
 def check_config(cfg:TrainConfig, # the configuration to check
                  check_files:bool=True, # also check that --resume / --pretrained files exist
@@ -198,9 +198,7 @@ def check_config(cfg:TrainConfig, # the configuration to check
     parse_non_local(cfg.non_local)
     if str(cfg.device).lower() not in ('auto', 'cpu', 'cuda') and not str(cfg.device).lower().startswith('cuda:'):
         _fail('device', cfg.device, 'expected auto, cpu, cuda or cuda:N')
-    for name in ('model', 'arch'):
-        known = _known(name)
-        if getattr(cfg, name) not in known: _fail(name, getattr(cfg, name), f"unknown; available: {', '.join(known)}")
+    _check_registered(cfg)
     if cfg.resume == 'auto' and not cfg.run_dir: _fail('resume', 'auto', 'needs --run_dir (the run folder to continue)')
     if check_files:
         if cfg.resume not in (None, 'auto') and not Path(cfg.resume).is_file():

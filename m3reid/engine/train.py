@@ -166,7 +166,8 @@ def load_manager(cfg:TrainConfig, # uses dataset, dataset_dir
                 ):
     "The data manager of `cfg.dataset`; `UsageError` naming `--dataset_dir` when the folder is not usable."
     from m3reid.data.manager import get_data_manager
-    try: return get_data_manager(cfg.dataset, cfg.dataset_dir, verbose=verbose)
+    check = not getattr(cfg, 'check_data', False)  # with --check_data every frame is checked (and listed) anyway
+    try: return get_data_manager(cfg.dataset, cfg.dataset_dir, verbose=verbose, check_files=check)
     except (OSError, ValueError) as e:
         if isinstance(e, UsageError): raise
         raise UsageError(f"--dataset_dir {cfg.dataset_dir}: not a usable {cfg.dataset} dataset: {e}") from None
@@ -198,7 +199,8 @@ def build_train_data(cfg:TrainConfig, # the run configuration
                                sample_mode='evenly', dataset_mode='train', bad_frames=cfg.bad_frames)
     sampler = _batch_sampler(cfg, train_set, dist_info)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
-                        persistent_workers=cfg.workers > 0, worker_init_fn=ignore_stop_signals)
+                        persistent_workers=cfg.workers > 0, worker_init_fn=ignore_stop_signals,
+                        generator=torch.Generator())  # its base seed must not draw from the global generator
     return types.SimpleNamespace(train_view=train_view, val_view=val_view, num_classes=train_view.train_num_pids,
                                  train_set=train_set, sampler=sampler, loader=loader)
 
@@ -226,7 +228,10 @@ def build_training(cfg:TrainConfig, # the run configuration
                    use_scaler:bool=False, # fp16: enable the GradScaler
                   )->types.SimpleNamespace: # model, criterion, optimizer, scheduler, scaler
     "The network and criterion of `--model`, Adam, the MultiStepLR schedule and the AMP scaler."
+    from m3reid.models.registry import check_method, MethodContractError
     model, criterion = build_model(dataclasses.asdict(cfg), num_classes, device)
+    try: check_method(model, criterion, num_classes, image_size=(cfg.img_h, cfg.img_w), seq_len=cfg.seq_len, name=cfg.model)
+    except MethodContractError as e: raise UsageError(f"--model {cfg.model}: {e}") from None
     if cfg.sync_bn: model = convert_sync_bn(model, device)
     optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.wd, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
@@ -458,8 +463,7 @@ def evaluate_epoch(model:torch.nn.Module, # the unwrapped model
                    epoch:int, # 1-based epoch (0 before training), for messages
                   )->dict: # {'val': result (with --val_ids), 'test': result}
     "Evaluate on the validation split (if any) and the test set; the same result on every rank."
-    from m3reid.engine import evaluate as _ev
-    NonFiniteFeaturesError = getattr(_ev, 'NonFiniteFeaturesError', ())  # TEMPORARY
+    from m3reid.engine.evaluate import NonFiniteFeaturesError
     sync_buffers(model, dist_info)
     kw = dict(device=device, protocol=cfg.eval_protocol, batch_size=cfg.test_batch_size or cfg.p_num * cfg.k_num,
               workers=cfg.workers, flip=cfg.flip_test)
@@ -656,9 +660,10 @@ def _header(cfg, ctx, manager):
               f"tracklets); training on {ctx.data.num_classes} identities")
     print(f"Training: {len(ctx.data.train_set)} tracklets, {ctx.data.num_classes} identities, sampler {cfg.sampler}: "
           f"{len(ctx.data.sampler)} batches of {cfg.p_num}x{cfg.k_num} per epoch{' per rank' if d.enabled else ''}")
-    from m3reid.models import registry
-    src = f" ({registry.method_source(cfg.model)})" if hasattr(registry, 'method_source') else ''
-    print(f"Model: {cfg.model}{src} / {cfg.arch} ({cfg.pretrained}), "
+    from m3reid.models.registry import method_provider
+    from m3reid.models.backbones import backbone_provider
+    print(f"Model: method {cfg.model} from {method_provider(cfg.model)}, backbone {cfg.arch} from "
+          f"{backbone_provider(cfg.arch)} (weights: {cfg.pretrained}), "
           f"{sum(p.numel() for p in ctx.tr.model.parameters()) / 1e6:.2f} M parameters{', SyncBatchNorm' if cfg.sync_bn else ''}")
 
 def _run_folder(cfg:TrainConfig, dist_info:DistInfo)->RunDir:
@@ -697,8 +702,8 @@ def setup_run(cfg:TrainConfig, # a checked configuration
     manager = load_manager(cfg)
     if cfg.check_data and dist_info.is_main: check_dataset_frames(manager, cfg)
     ctx.data = build_train_data(cfg, manager, dist_info, ctx.device)
-    q, g = build_test_sets(manager, cfg.img_h, cfg.img_w, cfg.seq_len, cfg.test_clips)
-    v = build_test_sets(ctx.data.val_view, cfg.img_h, cfg.img_w, cfg.seq_len, cfg.test_clips)[0] if ctx.data.val_view else None
+    q, g = build_test_sets(manager, cfg.img_h, cfg.img_w, cfg.seq_len, cfg.test_clips, cfg.bad_frames)
+    v = build_test_sets(ctx.data.val_view, cfg.img_h, cfg.img_w, cfg.seq_len, cfg.test_clips, cfg.bad_frames)[0] if ctx.data.val_view else None
     ctx.test = types.SimpleNamespace(query_set=q, gallery_set=g, val_set=v)
     ctx.tr = build_training(cfg, ctx.data.num_classes, ctx.device, use_scaler)
     if dist_info.enabled: set_seed(cfg.seed + dist_info.rank, deterministic=cfg.deterministic)

@@ -14,7 +14,7 @@ from .engine.config import TrainConfig, config_to_argv
 
 # %% auto #0
 __all__ = ['DEMO_CONFIGS', 'data_folder_name', 'imagenet_weights_cached', 'demo_config', 'before_after_table', 'attention_of',
-           'run_figures', 'build_demo_parser', 'main']
+           'test_features', 'rerank_table', 'run_figures', 'build_demo_parser', 'main']
 
 # %% ../nbs/80_demo.ipynb #82092c85
 DEMO_CONFIGS = {
@@ -70,6 +70,7 @@ _TABLE_NAMES = {'r1': 'R1', 'r5': 'R5', 'mAP': 'mAP', 'mINP': 'mINP'}
 
 def before_after_table(before:dict, # metrics.json record of the untrained model (epoch 0)
                        after:dict, # record of the trained model
+                       labels:tuple|None=None, # the three row labels (default: untrained, trained, change)
                       )->str: # the table, values in %
     "A text table of both modes' R1, R5, mAP and mINP before and after training."
     w = 7
@@ -80,10 +81,10 @@ def before_after_table(before:dict, # metrics.json record of the untrained model
         cells = [fmt.format(100 * fn(m, k)).rjust(w) for m in ('i2v',) for k in _TABLE_KEYS]
         cells += ['  '] + [fmt.format(100 * fn(m, k)).rjust(w) for m in ('v2i',) for k in _TABLE_KEYS]
         return label.ljust(22) + ''.join(cells)
-    lines = [head1, head2,
-             row(f"untrained (epoch {before.get('epoch', 0)})", lambda m, k: before[m][k], '{:.1f}'),
-             row(f"trained (epoch {after.get('epoch', '?')})", lambda m, k: after[m][k], '{:.1f}'),
-             row('change (points)', lambda m, k: after[m][k] - before[m][k], '{:+.1f}')]
+    labels = labels or (f"untrained (epoch {before.get('epoch', 0)})", f"trained (epoch {after.get('epoch', '?')})",
+                        'change (points)')
+    lines = [head1, head2, row(labels[0], lambda m, k: before[m][k], '{:.1f}'), row(labels[1], lambda m, k: after[m][k], '{:.1f}'),
+             row(labels[2], lambda m, k: after[m][k] - before[m][k], '{:+.1f}')]
     return '\n'.join(lines)
 
 # %% ../nbs/80_demo.ipynb #f757d504
@@ -103,12 +104,37 @@ def attention_of(model, # an M3ReID (any mode; restored afterwards)
         for m, t in modes.items(): m.train(t)
     return attention_maps(out['attn_masks'], clips.shape[1])
 
-# %% ../nbs/80_demo.ipynb #df32a2f9
+# %% ../nbs/80_demo.ipynb #c4667eb2
+def test_features(run_dir:str|Path, # a training run folder
+                  device='cpu', # where to embed
+                 ): # a `m3reid.features.FeatureSet` of the query and gallery sets
+    "Embed the test set with the run's last snapshot into `<run_dir>/features/test.safetensors`."
+    from m3reid.data.manager import get_data_manager
+    from m3reid.engine.checkpoint import load_trained_model, find_run_checkpoint
+    from m3reid.engine.evaluate import build_test_sets
+    from m3reid.features import extract_to_file
+    ckpt = find_run_checkpoint(run_dir)
+    model, info = load_trained_model(ckpt, device)
+    a = info['args']
+    qs, gs = build_test_sets(get_data_manager(a['dataset'], a['dataset_dir'], verbose=False), a['img_h'], a['img_w'], a['seq_len'])
+    meta = dict(dataset=a['dataset'], checkpoint=str(ckpt), epoch=info['epoch'], seq_len=a['seq_len'], test_clips=1,
+                flip_test=False, img_size=[a['img_h'], a['img_w']])
+    return extract_to_file(model, Path(run_dir)/'features'/'test.safetensors', {'query': qs, 'gallery': gs}, device, meta=meta)
+
+def rerank_table(features, # from `test_features`
+                )->str: # the table, values in %
+    "R1, R5, mAP and mINP of both modes without and with k-reciprocal re-ranking (default settings)."
+    from m3reid.features import evaluate_features
+    plain, rr = evaluate_features(features), evaluate_features(features, rerank=True)
+    return before_after_table(plain, rr, labels=('trained', 're-ranked', 'change (points)'))
+
+# %% ../nbs/80_demo.ipynb #4aee309c
 def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
                 device='cpu', # device for the embeddings
                 topk:int=5, # gallery tracklets in the ranked lists
                 dpi:int=80, # PNG resolution
                 attention_frames:int=6, # frames of the clip in the attention figure (any T works at inference)
+                features=None, # the run's `test_features` (embedded again when None)
                )->dict: # figure name -> path written
     "Draw the curves, CMC, ranked-list and attention figures of a run into `<run_dir>/figures/`."
     from m3reid import viz
@@ -122,7 +148,8 @@ def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
     args = info['args']
     dm = get_data_manager(args['dataset'], args['dataset_dir'], verbose=False)
     qs, gs = build_test_sets(dm, args['img_h'], args['img_w'], args['seq_len'])
-    q, g = extract_dataset(model, qs, device), extract_dataset(model, gs, device)
+    fs = features if features is not None else test_features(run_dir, device)
+    q, g = ((f.feats, f.pids, f.cids, f.mids) for f in (fs.select('query'), fs.select('gallery')))
     res = evaluate_cross_modality(args['dataset'], q[0], g[0], q[1], g[1], q[2], g[2], q[3], g[3],
                                   protocol=args.get('eval_protocol', 'm3reid'))
     paths = {'curves': viz.save_figure(viz.plot_curves(run_dir, title=f'{run_dir.name}: training'), out/'curves.png', dpi)}
@@ -202,10 +229,15 @@ def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
     _say(f"3/4 before/after training, synthetic test set ({records[-1]['num_query']['i2v']} infrared and "
          f"{records[-1]['num_query']['v2i']} visible tracklets of {DEMO_CONFIGS[name]['data']['num_test_ids']} new identities; %)")
     print(before_after_table(records[0], records[-1]))
+    device = 'cpu' if a.device == 'cpu' else summary.get('device', 'cpu')
+    features = test_features(run_dir, device)
+    print(f"\n    k-reciprocal re-ranking of the trained model (k1=20, k2=6, lambda=0.3; test embeddings saved to "
+          f"{run_dir/'features'/'test.safetensors'}):")
+    print(rerank_table(features))
     figures = {}
     if not a.no_figures:
         _say("4/4 figures")
-        figures = run_figures(run_dir, 'cpu' if a.device == 'cpu' else summary.get('device', 'cpu'))
+        figures = run_figures(run_dir, device, features=features)
         for k, p in figures.items(): print(f"    {k:<11} {p}")
     secs = time.time() - t0
     _say(f"done in {int(secs // 60)} min {int(secs % 60)} s. Run folder: {run_dir}\n"

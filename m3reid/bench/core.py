@@ -70,11 +70,13 @@ def fmt_bytes(n:float)->str:
 
 def print_table(rows:list, # one list or tuple of cells per row
                 headers:list, # column titles
+                align:str|None=None, # one letter per column, 'l' or 'r'; default: the first column left, the others right
                ):
     "Print rows as an aligned plain-text table."
     cells = [[str(h) for h in headers]] + [[f'{c:.4g}' if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    align = align or 'l' + 'r' * (len(headers) - 1)
+    line = lambda r: '  '.join((c.ljust if a == 'l' else c.rjust)(w) for c, w, a in zip(r, widths, align)).rstrip()
     print(line(cells[0])); print('  '.join('-' * w for w in widths))
     for r in cells[1:]: print(line(r))
 
@@ -85,11 +87,14 @@ def device_info()->str:
     return s
 
 # %% ../../nbs/70_bench.core.ipynb #bc2d23bc
-TOPICS = ('metrics', 'data', 'model', 'ddp')
+TOPICS = ('metrics', 'rerank', 'data', 'model', 'ddp', 'gpu')
+
+def _exit_status(e:SystemExit)->int:
+    return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
 
 def main(argv:list|None=None, # command-line arguments; `sys.argv[1:]` when None
         ):
-    "Run one benchmark topic (or all) and print its table."
+    "Run one benchmark topic (or all) and print its table; a failing topic makes the exit status non-zero."
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog='m3reid-bench', description='Benchmarks of m3reid. '
         'Each topic prints a table; `m3reid-bench <topic> --help` lists its options.')
@@ -98,6 +103,20 @@ def main(argv:list|None=None, # command-line arguments; `sys.argv[1:]` when None
     else: what, rest = parser.parse_args(argv[:1]).what, argv[1:]
     if what == 'all' and rest: parser.error(f'`all` runs every topic with its defaults and takes no options, got {rest}')
     print(device_info())
+    status = 0
     for topic in (TOPICS if what == 'all' else (what,)):
         print(f'\n== {topic} ==')
-        importlib.import_module(f'm3reid.bench.{topic}').main(rest)
+        try: module = importlib.import_module(f'm3reid.bench.{topic}')
+        except ModuleNotFoundError as e:
+            if e.name != f'm3reid.bench.{topic}': raise
+            print(f'm3reid-bench {topic}: this installation has no m3reid.bench.{topic}', file=sys.stderr)
+            status = status or 2; continue
+        try: module.main(rest)
+        except SystemExit as e:
+            if what != 'all' or not _exit_status(e): raise
+            if not isinstance(e.code, int): print(e.code, file=sys.stderr)
+            status = status or _exit_status(e)
+    if status: sys.exit(status)
+
+# %% ../../nbs/70_bench.core.ipynb #5eb42a8f
+if __name__ == '__main__' and '__file__' in globals(): main()

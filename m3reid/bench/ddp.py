@@ -5,7 +5,7 @@
 # %% ../../nbs/74_bench.ddp.ipynb #d6e5539d
 from __future__ import annotations
 
-import argparse, os, re, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, contextlib, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ import torch
 from .core import print_table, device_info
 
 # %% auto #0
-__all__ = ['parse_epoch_times', 'run_config', 'build_parser', 'main']
+__all__ = ['parse_epoch_times', 'stop_process_tree', 'run_config', 'build_parser', 'main']
 
 # %% ../../nbs/74_bench.ddp.ipynb #15f664ec
 _EPOCH_LINE = re.compile(r'^Epoch \[(\d+)/(\d+)\] train: .*\| ([0-9.]+)s, ([0-9.]+) frames/s')
@@ -23,31 +23,52 @@ def parse_epoch_times(log_text:str)->list: # [(epoch, seconds, frames_per_s)]
     return [(int(m.group(1)), float(m.group(3)), float(m.group(4)))
             for line in log_text.splitlines() if (m := _EPOCH_LINE.match(line.strip()))]
 
-# %% ../../nbs/74_bench.ddp.ipynb #6b4d961e
+# %% ../../nbs/74_bench.ddp.ipynb #7e8d7a18
 def _train_cmd(nproc:int|None)->list:
     base = [sys.executable, '-m', 'm3reid.cli', 'train']
     if nproc is None: return base
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
             '-m', 'm3reid.cli', 'train']
 
+def _children(pid:int)->list:
+    try: return [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
+    except OSError: return []
+
+def stop_process_tree(p:subprocess.Popen, # a process started with `start_new_session=True`
+                      grace:float=30, # seconds between SIGTERM and SIGKILL
+                     ):
+    "Stop a process, its process group and the groups of its children (torchrun starts each worker in its own session)."
+    groups = [p.pid] + _children(p.pid)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        for g in groups:
+            with contextlib.suppress(OSError): os.killpg(g, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired): p.wait(wait)
+
 def run_config(data_root, # synthetic dataset root
                out_dir, # folder for this run
                nproc:int|None, # None: plain process; N: torchrun with N processes
                threads:int, # OMP/torch threads per process
-               train_args:list, # m3reid-train arguments (model, sizes, batch)
-               timeout:float=600, # seconds
-              )->dict: # {'epochs': [(e, s, fps)], 'wall': s}
+               train_args:list, # m3reid-train arguments (model, sizes, batch); later ones override the defaults here
+               timeout:float=600, # seconds; then the run is stopped with all its processes and `TimeoutError` raised
+               output_file=None, # where to write the run's console output (stdout and stderr)
+              )->dict: # {'epochs': [(e, s, fps)], 'wall': s, 'log': the run's log text}
     "Run one `m3reid-train` configuration and read its epoch times."
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
     cmd = _train_cmd(nproc) + ['--dataset_dir', str(data_root), '--run_dir', str(out_dir), '--workers', '0',
                                 '--pretrained', 'none', '--test_interval', '1000', '--save_interval', '1000',
-                                '--log_interval', '1000'] + list(train_args)
+                                '--log_interval', '1000'] + [str(a) for a in train_args]
     t0 = time.time()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try: out, timed_out = p.communicate(timeout=timeout)[0], False
+    except subprocess.TimeoutExpired:
+        stop_process_tree(p)
+        out, timed_out = p.communicate()[0], True
+    if output_file: Path(output_file).write_text(out or '')
+    if timed_out: raise TimeoutError(f"the run did not finish within {timeout:.0f} s and was stopped: {' '.join(cmd)}")
     if p.returncode != 0:
-        raise RuntimeError(f"benchmark run failed ({' '.join(cmd)}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark run failed (exit status {p.returncode}): {' '.join(cmd)}\n{out[-4000:]}")
     log = next(Path(out_dir).glob('log_*.txt')).read_text()
-    return {'epochs': parse_epoch_times(log), 'wall': time.time() - t0}
+    return {'epochs': parse_epoch_times(log), 'wall': time.time() - t0, 'log': log}
 
 def _median_after_warmup(epochs:list)->tuple:
     rest = epochs[1:] or epochs

@@ -124,7 +124,7 @@ def _check_test_args(args)->dict|None: # the re-ranking settings, or None
     if (args.resume is None) == (args.features is None): raise UsageError("give either --resume CKPT or --features FILE")
     return dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
 
-# %% ../nbs/50_cli.ipynb #48999ff2
+# %% ../nbs/50_cli.ipynb #8eb2a4e9
 def run_test(args:argparse.Namespace, # from `build_test_parser`
             )->dict: # {'result', 'record', 'run_dir'}
     "Evaluate the checkpoint `args.resume` (or the features file `args.features`) and record the result."
@@ -166,6 +166,7 @@ def run_test(args:argparse.Namespace, # from `build_test_parser`
         print(f"Metrics written to {run.metrics_file}")
     return {'result': res, 'record': rec, 'run_dir': str(run.root)}
 
+# %% ../nbs/50_cli.ipynb #9f5e7e3e
 def run_test_features(args:argparse.Namespace, # from `build_test_parser`, with `features`
                       rerank:dict|None=None, # re-ranking settings
                      )->dict: # {'result', 'record', 'run_dir'}

@@ -39,12 +39,16 @@ def test_outputs_under_current_folder(demo_run):
         assert png.is_file() and png.read_bytes()[:4] == b'\x89PNG' and png.stat().st_size > 2000, png
     assert list((run / 'tensorboard').glob('events.out.tfevents.*'))
     assert list((run / 'modelckpt').glob('model_epoch-1.pth'))
+    from m3reid.features import load_features
+    fs = load_features(run / 'features' / 'test.safetensors')  # the test embeddings, for m3reid-test --features
+    assert len(fs.select('query')) == records[-1]['num_query']['i2v'] and fs.meta['epoch'] == 1
 
 
 def test_prints_table_and_locations(demo_run):
     cwd, r = demo_run
     out = r.stdout
     assert 'untrained (epoch 0)' in out and 'trained (epoch 1)' in out and 'change (points)' in out
+    assert 'k-reciprocal re-ranking of the trained model' in out and 're-ranked' in out
     assert '--pretrained none' in out and 'training from scratch' in out
     assert 'tensorboard --logdir demo_runs' in out
     for name in FIGURES: assert f'{name}.png' in out

@@ -39,7 +39,8 @@ def console_scripts():
 
 
 def test_console_scripts_declared():
-    assert set(console_scripts()) == {'m3reid-train', 'm3reid-test', 'm3reid-synth', 'm3reid-demo', 'm3reid-bench'}
+    assert set(console_scripts()) == {'m3reid-train', 'm3reid-test', 'm3reid-synth', 'm3reid-demo', 'm3reid-bench',
+                                      'm3reid-check-data', 'm3reid-extract', 'm3reid-export', 'm3reid-search'}
 
 
 @pytest.mark.parametrize('script', console_scripts())
@@ -142,3 +143,15 @@ def test_kernel_imports_package():
 def test_readme_is_twin_of_index():
     out = subprocess.run([sys.executable, str(ROOT/'tools'/'readme.py'), '--check'], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_workbook_is_self_contained_and_cells_short():
+    "No notebook, module or README cites a document outside the repository, and no code cell is over 60 lines."
+    import glob, re
+    pat = re.compile(r'\bspec(?:\.md|\s+section|\s+\d)|shared/reference|\bdatasets\.md|\.\./shared', re.I)
+    files = sorted(glob.glob(str(ROOT/'nbs'/'*.ipynb')) + glob.glob(str(ROOT/'m3reid'/'**'/'*.py'), recursive=True)) + [str(ROOT/'README.md')]
+    cites = [Path(f).name for f in files if pat.search(Path(f).read_text(errors='ignore'))]
+    assert not cites, f'these files cite documents outside the repository: {cites}'
+    long = [(Path(f).name, len(''.join(c['source']).splitlines())) for f in glob.glob(str(ROOT/'nbs'/'*.ipynb'))
+            for c in json.loads(Path(f).read_text())['cells'] if c['cell_type'] == 'code' and len(''.join(c['source']).splitlines()) > 60]
+    assert not long, f'code cells over 60 lines: {long}'

@@ -67,7 +67,8 @@ class OriginalOptions:
 class ModelOptions:
     "Method, backbone, schedule and sampling."
     model: str = option('m3reid', 'method: a built-in one or one from an installed plugin package', group=_M)
-    arch: str = option('resnet50', 'backbone: resnet18 | resnet34 | resnet50 | any registered one', group=_M)
+    arch: str = option('resnet50', 'backbone: resnet18 | resnet34 | resnet50 | convnext_tiny | swin_t | vit_b_16 | ... '
+                       '(torchvision names) or one from an installed plugin package', group=_M)
     last_stride: int = option(2, 'stride of layer4: 2 as in the original; 1 doubles the final map', 'int', _M, (1, 2))
     non_local: str = option('default', "non-local blocks per backbone stage: 'default' (the method's placement for --arch), "
                             "'none', or four counts like 0,2,3,0", group=_M)

@@ -380,7 +380,8 @@ def _progress_bar(total, initial, desc, enabled):
                 file=sys.__stderr__ if sys.__stderr__ is not None and sys.__stderr__.isatty() else sys.stderr)
 
 def show_progress_bar(dist_info:DistInfo)->bool:
-    "A live bar on rank 0 in a terminal or a Jupyter kernel (not in logs, tests or batch jobs)."
+    "A live bar on rank 0 in a terminal or a Jupyter kernel (not in logs, tests or batch jobs; never with TQDM_DISABLE=1)."
+    if os.environ.get('TQDM_DISABLE', '').lower() in ('1', 'true', 'yes'): return False
     tty = sys.__stderr__ is not None and sys.__stderr__.isatty()
     return dist_info.is_main and (tty or 'ipykernel' in sys.modules)
 

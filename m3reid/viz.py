@@ -12,8 +12,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['VIEW_NAMES', 'save_figure', 'clip_to_images', 'load_clip', 'TrackletClips', 'load_scalars', 'load_metrics',
-           'plot_curves', 'plot_cmc', 'rank_gallery', 'plot_ranked_list', 'attention_maps', 'plot_attention']
+__all__ = ['MODALITY_NAMES', 'MODALITY_COLORS', 'VIEW_NAMES', 'save_figure', 'clip_to_images', 'load_clip', 'TrackletClips',
+           'synthetic_clip', 'network_input', 'plot_clips', 'load_scalars', 'load_metrics', 'plot_curves', 'plot_cmc',
+           'rank_gallery', 'plot_ranked_list', 'attention_maps', 'attention_of', 'plot_attention', 'plot_view_groups',
+           'nonlocal_attention', 'plot_nonlocal_attention', 'plot_architecture', 'plot_loss_terms', 'load_run',
+           'run_data_manager', 'run_test_sets', 'plot_attention_ranking', 'readme_figure']
 
 # %% ../nbs/60_viz.ipynb #a294e389
 def _new_figure(width:float, height:float):
@@ -73,6 +76,69 @@ class TrackletClips:
         self.tracks, self.num_frames = tracks, num_frames
     def __len__(self): return len(self.tracks)
     def __getitem__(self, i:int)->torch.Tensor: return load_clip(self.tracks[i], self.num_frames)
+
+# %% ../nbs/60_viz.ipynb #340940c3
+MODALITY_NAMES = {1: 'infrared', 2: 'visible', 'IR': 'infrared', 'RGB': 'visible'}
+MODALITY_COLORS = {1: '#b2182b', 2: '#2166ac'}
+_M_FILL = {'backbone': '#dbe6f1', 'nl': '#fdd9a8', 'view': '#cfe8cf', 'gran': '#e3d7ee', 'plain': '#f2f2f2'}
+_M_EDGE = {'view': '#2e7d32', 'gran': '#6a3d9a', 'mod': '#c62828'}
+
+def synthetic_clip(pid:int=0, # identity of the synthetic generator
+                   camera:int=0, # camera index (background, lighting)
+                   modality:str='RGB', # 'RGB' (visible) or 'IR' (infrared)
+                   num_frames:int=6, # frames of the tracklet
+                   img_size:tuple=(128, 64), # (height, width)
+                   seed:int=0, # dataset seed of the generator
+                   tracklet:int=0, # which tracklet of this identity and camera (motion, noise)
+                  )->torch.Tensor: # uint8 [T, 3, H, W]
+    "Render one synthetic pedestrian tracklet as a uint8 clip."
+    from m3reid.data.synthetic import render_tracklet
+    frames = render_tracklet(seed, pid, camera, modality, num_frames, tuple(img_size), tracklet)
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+
+def network_input(clips, # a uint8 clip [T, 3, H, W] or a list of them
+                  img_size:tuple|None=None, # (height, width) to resize to; None keeps the clips' size
+                 )->torch.Tensor: # float32 [B, T, 3, H, W], ImageNet-normalised
+    "The test pipeline (resize, normalise) applied to clips, stacked into a batch."
+    from m3reid.data.transforms import test_transforms
+    clips = [clips] if torch.is_tensor(clips) and clips.dim() == 4 else list(clips)
+    H, W = img_size or tuple(clips[0].shape[-2:])
+    tf = test_transforms(H, W)
+    return torch.stack([tf(c) for c in clips])
+
+# %% ../nbs/60_viz.ipynb #b7b7621b
+def plot_clips(clips, # clips [T, 3, H, W] in any form `clip_to_images` takes
+               labels=None, # one label per clip, written left of its frames
+               colors=None, # one colour per clip (frame and label)
+               num_frames:int|None=None, # frames per clip, evenly spaced (None: all)
+               frame_titles=True, # True ('frame t'), False, or a list of column titles
+               mean=None, # normalisation to undo (see `clip_to_images`)
+               std=None,
+               cell:float=0.8, # width of one frame in inches
+               ncols:int=1, # clips side by side in each row
+               title:str|None=None, # figure title
+              ): # a matplotlib Figure
+    "Clips as rows of frames, `ncols` clips side by side."
+    imgs = [clip_to_images(c, mean, std) for c in clips]
+    if num_frames is not None:
+        imgs = [im[np.linspace(0, len(im) - 1, min(num_frames, len(im))).round().astype(int)] for im in imgs]
+    T, (H, W), nrows = max(len(im) for im in imgs), imgs[0].shape[1:3], -(-len(imgs) // ncols)
+    widths = ([1] * T + [0.35]) * (ncols - 1) + [1] * T
+    fig = _new_figure(cell * sum(widths) + (0.7 * ncols if labels else 0.1),
+                      cell * H / W * nrows + (0.3 if frame_titles is not False else 0) + (0.3 if title else 0))
+    axs = np.asarray(fig.subplots(nrows, len(widths), squeeze=False, gridspec_kw=dict(width_ratios=widths)))
+    for ax in axs.ravel(): ax.axis('off')
+    for k, im in enumerate(imgs):
+        r, c0 = k // ncols, (k % ncols) * (T + 1)
+        for t in range(len(im)):
+            ax = axs[r, c0 + t]; ax.axis('on'); ax.imshow(im[t]); ax.set_xticks([]); ax.set_yticks([])
+            if colors is not None:
+                for s in ax.spines.values(): s.set_edgecolor(colors[k]); s.set_linewidth(2)
+            if r == 0 and frame_titles is not False:
+                ax.set_title(f'frame {t}' if frame_titles is True else frame_titles[t], fontsize=7)
+        if labels: axs[r, c0].set_ylabel(labels[k], fontsize=8, color='k' if colors is None else colors[k])
+    if title: fig.suptitle(title, fontsize=9)
+    return fig
 
 # %% ../nbs/60_viz.ipynb #da7e5a8f
 def load_scalars(run_dir:str|Path, # a run folder, its tensorboard/ folder, or a folder with event files
@@ -278,45 +344,505 @@ def attention_maps(attn_masks, # [m_hw [B*T,n,h*w], m_tw [B*h,n,T*w], m_th [B*w,
     th = m_th.view(B, w, n, T, h).permute(0, 2, 3, 4, 1)  # [B,w,n,T,h] -> [B,n,T,h,w]
     return torch.stack([hw, tw, th], dim=1)
 
-# %% ../nbs/60_viz.ipynb #ae18b476
-def plot_attention(clip, # [T,3,H,W] the clip the maps belong to
-                   maps, # [3, n, T, h, w] maps of this clip (one sample of `attention_maps`)
+def attention_of(model, # an M3ReID (its modes are restored afterwards)
+                 clips:torch.Tensor, # [B, T, 3, H, W] network inputs
+                )->torch.Tensor: # [B, 3, heads, T, h, w]
+    "Per-frame MVL attention maps of clips, batch-norm layers with their running statistics."
+    from m3reid.models.m3reid import training_outputs
+    return attention_maps(training_outputs(model, clips)['attn_masks'], clips.shape[1])
+
+# %% ../nbs/60_viz.ipynb #6dcd9347
+def _overlay(ax, img, amap, vmin, vmax, alpha=0.5, cmap='jet'):
+    "Draw `img` with the map `amap` (any size) upsampled bilinearly over it; returns the overlay's image artist."
+    H, W = img.shape[:2]
+    up = torch.nn.functional.interpolate(torch.as_tensor(amap, dtype=torch.float32)[None, None], size=(H, W),
+                                         mode='bilinear', align_corners=False)[0, 0]
+    ax.imshow(img); im = ax.imshow(up.numpy(), cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
+    ax.set_xticks([]); ax.set_yticks([])
+    return im
+
+def _as_list(x): return list(x) if isinstance(x, (list, tuple)) else [x]
+
+def _attention_rows(groups, heads, views):
+    "[(row label, [per-clip [T,h,w] maps])] for every model group, view and head."
+    n = next(iter(groups.values()))[0].shape[1]
+    if heads == 'mean': sel, hl = None, ['mean']
+    elif heads == 'all': sel, hl = list(range(n)), [f'head {i}' for i in range(n)]
+    else: sel, hl = [int(heads)], [f'head {int(heads)}']
+    rows = []
+    for g, ms in groups.items():
+        for v in views:
+            for j, hlab in enumerate(hl):
+                per = [m[v].mean(0) if sel is None else m[v, sel[j]] for m in ms]
+                rows.append((' '.join(s for s in (g, VIEW_NAMES[v].split()[-1][1:-1], hlab) if s), per))
+    return rows
+
+# %% ../nbs/60_viz.ipynb #fc4a04e5
+def plot_attention(clip, # [T,3,H,W] clip, or a list of clips drawn side by side
+                   maps, # [3, n, T, h, w] maps (a list: one per clip; a dict: {model name: maps or list of maps})
                    heads:str|int='all', # 'all' (a row per head), 'mean' (average heads) or a head index
                    mean=None, # normalisation to undo (see `clip_to_images`)
                    std=None,
                    alpha:float=0.5, # opacity of the overlay
                    vrange:tuple|None=None, # colour scale (lo, hi); None: the maps' min and max
                    title:str|None=None, # figure title
+                   labels:list|None=None, # a name per clip, above its first frame
+                   views:tuple=(0, 1, 2), # which views to draw (0 hw, 1 tw, 2 th)
+                   cell:float=0.75, # width of one frame in inches
                   ): # a matplotlib Figure
-    "Attention maps of the three views overlaid on the frames of a clip."
-    imgs = clip_to_images(clip, mean, std)
-    maps = torch.as_tensor(maps).detach().float().cpu()
-    if maps.ndim != 5 or maps.shape[0] != 3 or maps.shape[2] != len(imgs):
-        raise ValueError(f"plot_attention: maps must be [3, heads, T={len(imgs)}, h, w], got {tuple(maps.shape)}")
-    if heads == 'mean': maps, hl = maps.mean(1, keepdim=True), ['mean']
-    elif heads == 'all': hl = [f'head {i}' for i in range(maps.shape[1])]
-    else: maps, hl = maps[:, [int(heads)]], [f'head {int(heads)}']
-    T, (H, W) = len(imgs), imgs.shape[1:3]
-    up = torch.nn.functional.interpolate(maps.flatten(0, 2)[:, None], size=(H, W), mode='bilinear', align_corners=False)
-    up = up.view(3, len(hl), T, H, W).numpy()
-    lo, hi = vrange if vrange is not None else (float(maps.min()), float(maps.max()))
+    "Attention maps of the three views overlaid on the frames of one or several clips."
+    imgs = [clip_to_images(c, mean, std) for c in _as_list(clip)]
+    groups = {g: [torch.as_tensor(m).detach().float().cpu() for m in _as_list(ms)]
+              for g, ms in (maps.items() if isinstance(maps, dict) else [('', maps)])}
+    for g, ms in groups.items():
+        if len(ms) != len(imgs): raise ValueError(f"plot_attention: {len(imgs)} clips but {len(ms)} maps {g}")
+        for m, im in zip(ms, imgs):
+            if m.ndim != 5 or m.shape[0] != 3 or m.shape[2] != len(im):
+                raise ValueError(f"plot_attention: maps must be [3, heads, T={len(im)}, h, w], got {tuple(m.shape)}")
+    rows = _attention_rows(groups, heads, views)
+    allv = torch.cat([p.flatten() for _, per in rows for p in per])
+    lo, hi = vrange if vrange is not None else (float(allv.min()), float(allv.max()))
     if hi <= lo: lo, hi = lo - 1e-3, hi + 1e-3
-    rows, cell = 1 + 3 * len(hl), 0.75
-    fig = _new_figure(max(2.6, 0.9 + cell * T), rows * cell * H / W + 0.5)
-    axs = np.asarray(fig.subplots(rows, T, squeeze=False))
-    im = None
-    for t in range(T):
-        axs[0, t].imshow(imgs[t]); axs[0, t].set_title(f'frame {t}', fontsize=7)
-        for v in range(3):
-            for j in range(len(hl)):
-                ax = axs[1 + v * len(hl) + j, t]
-                ax.imshow(imgs[t])
-                im = ax.imshow(up[v, j, t], cmap='jet', vmin=lo, vmax=hi, alpha=alpha, interpolation='bilinear')
-    labels = ['clip'] + [f'{VIEW_NAMES[v].split()[-1][1:-1]} {l}' for v in range(3) for l in hl]
-    for r in range(rows):
-        axs[r, 0].set_ylabel(labels[r], fontsize=7)
-        for ax in axs[r]: ax.set_xticks([]); ax.set_yticks([])
-    cb = fig.colorbar(im, ax=axs[1:, :].ravel().tolist(), shrink=0.6, pad=0.02)
-    cb.ax.tick_params(labelsize=7)
+    Ts, (H, W) = [len(im) for im in imgs], imgs[0].shape[1:3]
+    widths = [w for k, T in enumerate(Ts) for w in [1] * T + ([0.15] if k < len(Ts) - 1 else [])]
+    fig = _new_figure(max(2.6, 1.1 + cell * sum(widths)), (1 + len(rows)) * cell * H / W + 0.5 + 0.2 * bool(labels))
+    axs = np.asarray(fig.subplots(1 + len(rows), len(widths), squeeze=False, gridspec_kw=dict(width_ratios=widths)))
+    col, im = 0, None
+    for k, (frames, T) in enumerate(zip(imgs, Ts)):
+        for t in range(T):
+            ax = axs[0, col + t]; ax.imshow(frames[t]); ax.set_xticks([]); ax.set_yticks([])
+            head = (labels[k] if t == 0 else '') + '\n' if labels else ''
+            ax.set_title(f'{head}frame {t}', fontsize=7, loc='left' if labels and t == 0 else 'center')
+            for r, (_, per) in enumerate(rows, 1): im = _overlay(axs[r, col + t], frames[t], per[k][t], lo, hi, alpha)
+        if k < len(Ts) - 1:
+            for ax in axs[:, col + T]: ax.axis('off')
+        col += T + 1
+    for r, lab in enumerate(['clip'] + [l for l, _ in rows]): axs[r, 0].set_ylabel(lab, fontsize=7)
+    cb = fig.colorbar(im, ax=axs[1:, :].ravel().tolist(), shrink=0.6, pad=0.02); cb.ax.tick_params(labelsize=7)
     if title: fig.suptitle(title, fontsize=9)
+    return fig
+
+# %% ../nbs/60_viz.ipynb #9df01330
+def plot_view_groups(clip, # [T,3,H,W] clip
+                     grid:tuple, # (h, w): the layer4 grid of the network
+                     frame:int=0, # the frame of the spatial group
+                     row:int|None=None, # the row of the temporal-width group (None: the middle)
+                     col:int|None=None, # the column of the temporal-height group (None: the middle)
+                     mean=None, std=None, # normalisation to undo (see `clip_to_images`)
+                     cell:float=0.7, # width of one frame in inches
+                    ): # a matplotlib Figure
+    "One group of positions of each MVL view (a frame, a row through time, a column through time) on a clip."
+    from matplotlib.patches import Rectangle
+    imgs = clip_to_images(clip, mean, std)
+    (T, H, W), (h, w) = imgs.shape[:3], grid
+    row, col = h // 2 if row is None else row, w // 2 if col is None else col
+    fig = _new_figure(cell * T + 2.2, 3 * cell * H / W + 0.4)
+    axs = np.asarray(fig.subplots(3, T, squeeze=False))
+    names = [f'spatial hw:\none frame,\n{h}x{w} = {h * w} cells', f'temporal-width tw:\none row through time,\n{T}x{w} = {T * w} cells',
+             f'temporal-height th:\none column through time,\n{T}x{h} = {T * h} cells']
+    ys, xs = (np.arange(H) * h // H)[:, None, None], (np.arange(W) * w // W)[None, :, None]
+    inside = [lambda t: np.full((1, 1, 1), t == frame), lambda t: ys == row, lambda t: xs == col]
+    for v in range(3):
+        for t in range(T):
+            ax = axs[v, t]; ax.imshow(np.where(inside[v](t), imgs[t], 0.3 * imgs[t])); ax.set_xticks([]); ax.set_yticks([])
+            for k in range(1, h): ax.axhline(k * H / h - 0.5, color='white', lw=0.4, alpha=0.5)
+            for k in range(1, w): ax.axvline(k * W / w - 0.5, color='white', lw=0.4, alpha=0.5)
+            box = [(-0.5, -0.5, W, H)] if v == 0 and t == frame else [(-0.5, row * H / h - 0.5, W, H / h)] if v == 1 else \
+                  [(col * W / w - 0.5, -0.5, W / w, H)] if v == 2 else []
+            for x0, y0, bw, bh in box: ax.add_patch(Rectangle((x0, y0), bw, bh, fill=False, ec='#39d353', lw=2))
+            if v == 0: ax.set_title(f'frame {t}', fontsize=7)
+        axs[v, T - 1].yaxis.set_label_position('right'); axs[v, T - 1].set_ylabel(names[v], fontsize=7.5, rotation=0, ha='left', va='center')
+    return fig
+
+# %% ../nbs/60_viz.ipynb #839de03c
+@torch.no_grad()
+def nonlocal_attention(model, # an M3ReID with non-local blocks (its mode is restored afterwards)
+                       clips:torch.Tensor, # [B, T, 3, H, W] network inputs
+                       query:tuple|None=(0, 0.35, 0.5), # (frame, row fraction, column fraction) of the query; None: all
+                       stage:int|None=None, # layer holding the block (None: the first with non-local blocks)
+                       block:int=-1, # which block of that layer
+                      )->tuple: # (weights [B, T, h, w] summing to 1, query cell (t, row, col) or None)
+    "The weights of one query position over every position of each clip in a non-local block (None: their mean over all queries)."
+    stages = [i for i in range(1, 5) if hasattr(model, f'NL_{i}')]
+    if not stages: raise ValueError("nonlocal_attention: the model has no non-local block")
+    stage = stages[0] if stage is None else stage
+    if stage not in stages: raise ValueError(f"nonlocal_attention: no non-local block in layer{stage} (there are in {['layer%d' % i for i in stages]})")
+    nl, seen = getattr(model, f'NL_{stage}')[block], []
+    hook, training = nl.register_forward_pre_hook(lambda m, args: seen.append(args[0])), model.training
+    try: model.eval(); model(clips)
+    finally: hook.remove(); model.train(training)
+    B, _, T, h, w = seen[0].shape
+    if query is None: return nl.attention(seen[0]).mean(1).view(B, T, h, w), None   # what each position receives
+    t, fy, fx = query
+    cell = (int(t) % T, min(int(fy * h), h - 1), min(int(fx * w), w - 1))
+    return nl.attention(seen[0], cell), cell
+
+# %% ../nbs/60_viz.ipynb #e2bf0f1c
+def plot_nonlocal_attention(clips, # a [T,3,H,W] clip or a list of clips (one row each)
+                            weights, # [T, h, w] weights of each clip (a list, or a [B, T, h, w] tensor)
+                            cell:tuple|None, # query cell (t, row, col) in the weights' grid, outlined (None: none)
+                            labels:list|None=None, # a name per clip, left of its row
+                            mean=None, # normalisation to undo (see `clip_to_images`)
+                            std=None,
+                            alpha:float=0.85, # opacity of the strongest weights
+                            cell_size:float=0.8, # width of one frame in inches
+                            title:str|None=None, # figure title
+                           ): # a matplotlib Figure
+    "Where one position looks: its non-local weights over every frame (log scale), one row per clip."
+    import matplotlib
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+    imgs = [clip_to_images(c, mean, std) for c in _as_list(clips)]
+    rel = [torch.as_tensor(w).detach().float().cpu() for w in (list(weights) if not torch.is_tensor(weights) or weights.dim() == 4 else [weights])]
+    rel = [w * w.numel() for w in rel]                                   # 1 = uniform attention
+    if len(rel) != len(imgs) or any(w.shape[0] != len(im) for w, im in zip(rel, imgs)):
+        raise ValueError(f"plot_nonlocal_attention: need one [T, h, w] map per clip, got {[tuple(w.shape) for w in rel]} for {len(imgs)} clips")
+    norm, cmap = LogNorm(1, max(2.0, max(float(w.max()) for w in rel))), matplotlib.colormaps['autumn_r']
+    T, H, W = imgs[0].shape[:3]
+    fig = _new_figure(cell_size * T + 1.3, len(imgs) * cell_size * H / W + 0.6)
+    axs = np.asarray(fig.subplots(len(imgs), T, squeeze=False))
+    tq, yq, xq = cell if cell is not None else (None, 0, 0)
+    for r, (im, a) in enumerate(zip(imgs, rel)):
+        h, w = a.shape[1:]
+        up = torch.nn.functional.interpolate(a[:, None], size=(H, W), mode='nearest')[:, 0].numpy()
+        for t in range(T):
+            level = np.clip(norm(up[t]).filled(0), 0, 1)                 # 0 at or below uniform, 1 at the maximum
+            rgba = cmap(level); rgba[..., 3] = alpha * level ** 0.5
+            ax = axs[r, t]; ax.imshow(im[t]); ax.imshow(rgba); ax.set_xticks([]); ax.set_yticks([])
+            if r == 0: ax.set_title('query frame' if t == tq else f'frame {t}', fontsize=7)
+        if cell is not None: axs[r, tq].add_patch(Rectangle((xq * W / w - 0.5, yq * H / h - 0.5), W / w, H / h, fill=False, ec='cyan', lw=1.5))
+        if labels: axs[r, 0].set_ylabel(labels[r], fontsize=8)
+    cb = fig.colorbar(matplotlib.cm.ScalarMappable(norm, cmap), ax=axs.ravel().tolist(), shrink=0.8, pad=0.02)
+    cb.set_label('weight x N (1 = uniform; below: clear)', fontsize=7); cb.ax.tick_params(labelsize=7)
+    if title: fig.suptitle(title, fontsize=9)
+    return fig
+
+# %% ../nbs/60_viz.ipynb #758dee91
+def _box(ax, x, y, w, h, title, sub='', color='#f2f2f2', fs=9, ls='-'):
+    "A rounded box centred at (x, y) with a bold title and a monospace second line."
+    from matplotlib.patches import FancyBboxPatch
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle='round,pad=0.02,rounding_size=0.6',
+                                fc=color, ec='#555555', lw=1.0, ls=ls))
+    ax.text(x, y + (h * 0.17 if sub else 0), title, ha='center', va='center', fontsize=fs, fontweight='bold')
+    if sub: ax.text(x, y - h * 0.2, sub, ha='center', va='center', fontsize=fs - 1.2, family='monospace')
+
+def _arrow(ax, p0, p1, color='#444444', lw=1.0, style='-|>', ls='-'):
+    from matplotlib.patches import FancyArrowPatch
+    ax.add_patch(FancyArrowPatch(p0, p1, arrowstyle=style, mutation_scale=9, color=color, lw=lw, ls=ls, shrinkA=0, shrinkB=0))
+
+def _loss_tag(ax, x, y, text, kind, targets=()):
+    "A loss label in the colour of its M, with dotted lines to the tensors it acts on."
+    for tx, ty in targets: _arrow(ax, (x, y), (tx, ty), color=_M_EDGE[kind], lw=0.8, ls=':', style='-')
+    ax.text(x, y, text, ha='center', va='center', fontsize=8.5, color=_M_EDGE[kind], fontweight='bold',
+            bbox=dict(boxstyle='round,pad=0.25', fc='white', ec=_M_EDGE[kind], lw=1.2))
+
+# %% ../nbs/60_viz.ipynb #1f8cacc2
+def _draw_backbone(fig, ax, rows, clips):
+    "Input clips, stem, the four stages and their non-local blocks (top row)."
+    P = lambda k: f"{rows[k]['params']:,} parameters" if rows[k]['params'] else ''
+    for clip, y0, lab in zip(clips or [], (50, 30), ('infrared', 'visible')):
+        imgs = clip_to_images(clip)
+        for t in range(min(3, len(imgs)))[::-1]:
+            ix = fig.add_axes(((2 + 1.2 * t) / 150, (y0 - 1.5 * t) / 72, 6 / 150, 12 / 72 * 0.95))
+            ix.imshow(imgs[t]); ix.set_xticks([]); ix.set_yticks([])
+        ax.text(6.5, y0 - 5, lab, ha='center', fontsize=8)
+    ax.text(7, 22, 'input clip\n' + rows['input']['shape'], ha='center', va='top', fontsize=7.5, family='monospace')
+    ax.text(7, 16, 'either modality,\none shared backbone', ha='center', va='top', fontsize=7.5, color=_M_EDGE['mod'], style='italic')
+    y, bw, bh = 58, 15, 10
+    xs = {'stem': 24, 'layer1': 42, 'layer2': 62, 'layer3': 88, 'layer4': 112}
+    _arrow(ax, (13, 50), (xs['stem'] - bw / 2, y))
+    for k, x in xs.items(): _box(ax, x, y, bw, bh, k, rows[k]['shape'] + '\n' + P(k), _M_FILL['backbone'])
+    for a, b in zip(list(xs)[:-1], list(xs)[1:]): _arrow(ax, (xs[a] + bw / 2, y), (xs[b] - bw / 2, y))
+    for i in (1, 2, 3, 4):
+        if f'NL_{i}' not in rows: continue
+        x = xs[f'layer{i}'] + 0.5
+        _box(ax, x, 45, bw + 4, 8, rows[f'NL_{i}']['step'].replace(f' in layer{i}', ''),
+             rows[f'NL_{i}']['shape'] + '\n' + P(f'NL_{i}'), _M_FILL['nl'], fs=8.3)
+        _arrow(ax, (x - 3, y - bh / 2), (x - 3, 49)); _arrow(ax, (x + 3, 49), (x + 3, y - bh / 2))
+    ax.text(68, 65.5, 'ResNet stages with 3-D non-local blocks (attention over all positions of all T frames)',
+            ha='center', fontsize=8.5, color='#333333')
+    _arrow(ax, (112, y - bh / 2), (112, 38), style='-')
+    ax.text(111, 42, 'viewed as\n[B, T, C, h, w]', fontsize=8, family='monospace', va='center', ha='right')
+
+# %% ../nbs/60_viz.ipynb #d5cae43a
+def _draw_mvl(ax, rows):
+    "The three views' masks, masked GeM pooling and the concatenation (bottom left)."
+    from matplotlib.patches import FancyBboxPatch
+    ax.add_patch(FancyBboxPatch((20, 3), 66, 31, boxstyle='round,pad=0.3,rounding_size=1.5', fc='none',
+                                ec=_M_EDGE['view'], lw=1.2, ls='--'))
+    ax.text(53, 32, 'multi-view learning (MVL) attention', ha='center', fontsize=9, color=_M_EDGE['view'], fontweight='bold')
+    _arrow(ax, (112, 38), (17, 38), style='-'); _arrow(ax, (17, 38), (17, 19), style='-')
+    views = {'hw': ('spatial view hw', 27), 'tw': ('temporal-width view tw', 19), 'th': ('temporal-height view th', 11)}
+    for k, (name, yy) in views.items():
+        _arrow(ax, (17, 19), (25.5, yy))
+        _box(ax, 36, yy, 21, 6.5, name, 'σ(1x1 conv): ' + rows[f'mask_{k}']['shape'], _M_FILL['view'], fs=8.3)
+        _box(ax, 60, yy, 17, 6.5, 'mask x maps, GeM', 'each head -> [B·T, C]', _M_FILL['view'], fs=8.3)
+        _arrow(ax, (46.5, yy), (51.5, yy)); _arrow(ax, (68.5, yy), (75, 19))
+    _box(ax, 79.5, 19, 9, 7, 'concat', rows['pooled']['shape'].replace(', ', ',\n'), _M_FILL['view'], fs=8.3)
+    _loss_tag(ax, 36, 5.5, 'L_DAC: the heads of each view apart', 'view')
+
+# %% ../nbs/60_viz.ipynb #d28504f0
+def _draw_heads(ax, rows):
+    "BN neck, frame and video features, both classifiers, the eval embedding and the losses (bottom right)."
+    _box(ax, 97, 19, 14, 8, 'BN neck', 'frame features\n' + rows['frame_feats']['shape'], _M_FILL['gran'], fs=8.3)
+    _arrow(ax, (84, 19), (90, 19))
+    _box(ax, 122, 29, 17, 7, 'classifier_frame', 'frame logits ' + rows['frame_logits']['shape'], _M_FILL['gran'], fs=8.3)
+    _box(ax, 119, 9, 13, 8, 'mean over T', 'video feature\n' + rows['video_feats']['shape'], _M_FILL['gran'], fs=8.3)
+    _box(ax, 140.5, 9, 15, 7, 'classifier', 'video logits ' + rows['video_logits']['shape'], _M_FILL['gran'], fs=8.3)
+    _box(ax, 140.5, 19.5, 15, 7, 'eval: L2-normalise', 'embedding ' + rows['embedding']['shape'], _M_FILL['plain'], fs=8.3, ls='--')
+    _arrow(ax, (104, 21), (113.5, 29)); _arrow(ax, (104, 17), (112.5, 9)); _arrow(ax, (125.5, 9), (133, 9))
+    _arrow(ax, (125.5, 11.5), (133, 18), ls='--')
+    _loss_tag(ax, 97, 29.5, 'L_OFR: frames of a clip apart', 'gran', [(97, 23)])
+    _loss_tag(ax, 122, 37, 'L_ID (frame)', 'gran', [(122, 32.5)])
+    _loss_tag(ax, 140.5, 1.5, 'L_ID (video)', 'gran', [(140.5, 5.5)])
+    _loss_tag(ax, 108, 1.5, 'L_MMA: across modalities', 'mod', [(97, 15), (119, 5)])
+    legend = [('view', 'multi-view: masks on 3 views\nof the clip, L_DAC'),
+              ('gran', 'multi-granularity: frame and\nvideo features, L_ID on both, L_OFR'),
+              ('mod', 'multi-modality: one backbone\nfor both modalities, L_MMA')]
+    for k, (kind, lab) in enumerate(legend): ax.text(117, 52 - 5 * k, '■ ' + lab, color=_M_EDGE[kind], fontsize=8.5, va='top')
+
+# %% ../nbs/60_viz.ipynb #8693d5aa
+def plot_architecture(model, # an M3ReID
+                      seq_len:int=6, # T, frames per clip
+                      img_size:tuple=(288, 144), # (height, width) of the input frames
+                      clips:list|None=None, # [infrared clip, visible clip] drawn as the input (uint8 or [0, 1])
+                      title:str|None=None, # figure title
+                     ): # a matplotlib Figure
+    "The M3-ReID network as a diagram: stages, non-local blocks, the three MVL views, GeM, BN neck, heads, shapes, losses."
+    from m3reid.models.m3reid import layer_shapes
+    from matplotlib.figure import Figure
+    rows = {r['key']: r for r in layer_shapes(model, seq_len, img_size)}
+    fig = Figure(figsize=(14, 7.2))                      # absolute placement: no layout engine
+    ax = fig.add_axes((0, 0, 1, 1)); ax.set_xlim(0, 150); ax.set_ylim(0, 72); ax.axis('off')
+    if title: ax.text(2, 69.5, title, fontsize=10.5, fontweight='bold', va='center')
+    _draw_backbone(fig, ax, rows, clips)
+    _draw_mvl(ax, rows)
+    _draw_heads(ax, rows)
+    return fig
+
+# %% ../nbs/60_viz.ipynb #a84f5479
+def _mma_parts(emb, pids, mids):
+    "Distances d = (1-cos)/2, positive mask, and each query's mean positive / negative distance and validity."
+    e = torch.nn.functional.normalize(emb, dim=1)
+    d = (1 - e @ e.T) / 2
+    cross, same = mids[:, None] != mids[None, :], pids[:, None] == pids[None, :]
+    pos, neg = cross & same, cross & ~same
+    dp, dn = (d * pos).sum(1) / pos.sum(1).clamp(min=1), (d * neg).sum(1) / neg.sum(1).clamp(min=1)
+    return d, pos, dp, dn, (pos.sum(1) > 0) & (neg.sum(1) > 0)
+
+def _panel_batch(ax, clips, order, pids, mids, mean=None, std=None):
+    "Frame 0 of each clip in a grid, labelled with its identity on its modality's colour."
+    imgs = [clip_to_images(clips[i], mean, std)[0] for i in order]
+    (H, W), cols, pad = imgs[0].shape[:2], int(np.ceil(len(imgs) ** 0.5)), 2
+    rows = -(-len(imgs) // cols)
+    canvas = np.ones((rows * (H + pad), cols * (W + pad), 3), dtype=np.float32)
+    for k, im in enumerate(imgs):
+        r, c = divmod(k, cols)
+        canvas[r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = im
+        ax.text(c * (W + pad) + W / 2, r * (H + pad) + H - 2, f"id {int(pids[order[k]])}", ha='center', va='bottom', fontsize=7,
+                color='white', bbox=dict(boxstyle='square,pad=0.1', fc=MODALITY_COLORS[int(mids[order[k]])], ec='none'))
+    ax.imshow(canvas); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title('the batch (frame 0): infrared (red), visible (blue)')
+
+def _panel_id(fig, ax, f, pids, o):
+    "Softmax of the video logits with the true identities circled; titled with both CE terms."
+    B, T = f['frame_logits'].shape[:2]
+    ce = torch.nn.functional.cross_entropy
+    l_v, l_f = ce(f['video_logits'], pids).item(), ce(f['frame_logits'].reshape(B * T, -1), pids.repeat_interleave(T)).item()
+    im = ax.imshow(f['video_logits'].softmax(1)[o].numpy(), cmap='Greys', vmin=0, vmax=1, aspect='auto', interpolation='nearest')
+    ax.scatter(pids[o].numpy(), np.arange(B), s=18, facecolors='none', edgecolors='tab:red', lw=1.2, label='true identity')
+    ax.set(title=f'L_ID = {l_v:.2f} (video) + {l_f:.2f} (frames)\nsoftmax of the video logits', xlabel='identity (class)', ylabel='clip')
+    if f['video_logits'].shape[1] <= 12: ax.set_xticks(range(f['video_logits'].shape[1]))
+    ax.legend(fontsize=7, loc='lower right')
+    fig.colorbar(im, ax=ax, shrink=0.85, pad=0.01)
+
+# %% ../nbs/60_viz.ipynb #df45e464
+def _panel_mma(fig, ax, f, pids, mids, o):
+    "The cross-modality distance matrix of the video features; titled with both MMA terms."
+    import matplotlib
+    from m3reid.losses import mma_loss
+    B, T, D = f['frame_feats'].shape
+    d, pos, *_ = _mma_parts(f['video_feats'], pids, mids)
+    l_v = mma_loss(f['video_feats'], pids, mids).item()
+    l_f = mma_loss(f['frame_feats'].reshape(B * T, D), pids.repeat_interleave(T), mids.repeat_interleave(T)).item()
+    dm = d[o][:, o].clone(); dm[mids[o][:, None] == mids[o][None, :]] = float('nan')
+    im = ax.imshow(dm.numpy(), cmap=matplotlib.colormaps['viridis'].with_extremes(bad='#e6e6e6'), interpolation='nearest')
+    py, px = torch.nonzero(pos[o][:, o], as_tuple=True)
+    ax.scatter(px.numpy(), py.numpy(), marker='s', s=16, facecolors='none', edgecolors='white', lw=1)
+    ax.set(title=f'L_MMA = {l_v:.3f} (video) + {l_f:.3f} (frames)\nd = (1 - cos)/2 across modalities, □ same identity',
+           xlabel='clip', ylabel='clip')
+    fig.colorbar(im, ax=ax, shrink=0.85, pad=0.01)
+
+def _panel_mma_queries(ax, f, pids, mids):
+    "Each valid query's mean distance to positives (x) and to negatives (y)."
+    _, _, dp, dn, valid = _mma_parts(f['video_feats'], pids, mids)
+    for m in (1, 2):
+        sel = valid & (mids == m)
+        ax.scatter(dp[sel].numpy(), dn[sel].numpy(), s=18, color=MODALITY_COLORS[m], label=f"{MODALITY_NAMES[m]} queries")
+    both = torch.cat([dp[valid], dn[valid]])
+    lo, hi = (float(both.min()) - 0.03, float(both.max()) + 0.03) if len(both) else (0, 1)
+    ax.plot([lo, hi], [lo, hi], ls='--', c='gray', lw=1); ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect='equal')
+    ax.text(lo + 0.04 * (hi - lo), hi - 0.08 * (hi - lo), 'aligned: D- > D+', fontsize=7.5, color='gray')
+    ax.set(title='MMA per video query: softplus(D+ - D-)', xlabel='mean distance to positives D+',
+           ylabel='mean distance to negatives D-')
+    ax.legend(fontsize=7, loc='lower right')
+
+# %% ../nbs/60_viz.ipynb #f911dbe9
+def _panel_ofr(fig, ax, f, clip):
+    "Cosine similarity between the frame features of one clip; titled with OFR."
+    from m3reid.losses import separation_loss
+    ff = torch.nn.functional.normalize(f['frame_feats'][clip], dim=-1)
+    im = ax.imshow((ff @ ff.T).numpy(), cmap='RdBu_r', vmin=-1, vmax=1, interpolation='nearest')
+    ax.set_xticks(range(len(ff))); ax.set_yticks(range(len(ff)))
+    ax.set(title=f'L_OFR = {separation_loss(f["frame_feats"]).item():.3f} (mean cos² off the diagonal)\n'
+                 f'cos between the frames of clip {clip}', xlabel='frame', ylabel='frame')
+    fig.colorbar(im, ax=ax, shrink=0.85, pad=0.01)
+
+def _panel_dac(ax, f):
+    "The separation loss of the heads' masks for each view; titled with DAC."
+    from m3reid.losses import separation_loss
+    vals = [separation_loss(m).item() for m in f['attn_masks']]
+    ax.bar(['spatial hw', 'temporal-width tw', 'temporal-height th'], vals, color=_M_EDGE['view'], width=0.6)
+    for k, v in enumerate(vals): ax.text(k, v + 0.01, f'{v:.3f}', ha='center', va='bottom', fontsize=8)
+    ax.set(title=f"L_DAC = {sum(vals):.3f}\nmean cos² between the heads' masks, per view", ylim=(0, 1.08))
+
+# %% ../nbs/60_viz.ipynb #94209327
+def plot_loss_terms(outputs:dict, # training outputs of M3ReID: frame_feats, video_feats, frame_logits, video_logits, attn_masks
+                    pids, # [B] identity labels (classes) of the clips
+                    mids, # [B] modalities (1 infrared, 2 visible)
+                    clips:list|None=None, # the batch's clips (uint8 [T,3,H,W] or any form `clip_to_images` takes)
+                    mean=None, std=None, # normalisation of the clips to undo (see `clip_to_images`)
+                    clip:int=0, # the clip whose frame similarities are drawn
+                    title:str|None=None, # figure title
+                   ): # a matplotlib Figure
+    "Each term of the M3-ReID objective on one batch: identity, MMA (matrix and per query), OFR and DAC."
+    f = {k: (v.detach().float().cpu() if torch.is_tensor(v) else [m.detach().float().cpu() for m in v]) for k, v in outputs.items()}
+    pids, mids = torch.as_tensor(pids).long().cpu(), torch.as_tensor(mids).long().cpu()
+    o = torch.tensor(sorted(range(len(pids)), key=lambda i: (int(mids[i]), int(pids[i]), i)))
+    fig = _new_figure(13, 7.8)
+    axs = fig.subplots(2, 3).ravel()
+    if clips is not None: _panel_batch(axs[0], clips, o.tolist(), pids, mids, mean, std)
+    else: axs[0].axis('off')
+    _panel_id(fig, axs[1], f, pids, o)
+    _panel_mma(fig, axs[2], f, pids, mids, o)
+    _panel_mma_queries(axs[3], f, pids, mids)
+    _panel_ofr(fig, axs[4], f, clip)
+    _panel_dac(axs[5], f)
+    for ax in axs:
+        ax.title.set_fontsize(9); ax.tick_params(labelsize=7.5); ax.xaxis.label.set_fontsize(8); ax.yaxis.label.set_fontsize(8)
+    if title: fig.suptitle(title, fontsize=10.5)
+    return fig
+
+# %% ../nbs/60_viz.ipynb #4316c5f5
+def load_run(run_dir:str|Path, # a training run folder (or a folder of them: the newest), or a checkpoint file
+             device='cpu', # where to put the model
+             which:str='last', # 'last' (newest model_epoch-N.pth) or 'best' (model_best.pth)
+            )->tuple: # (model in eval mode, info with 'args', 'num_classes', 'epoch', 'path', 'run_dir')
+    "The trained network of a run folder (or checkpoint), in eval mode."
+    from m3reid.engine.checkpoint import find_run_checkpoint, load_trained_model
+    p = Path(run_dir)
+    if p.is_dir() and not (p/'modelckpt').is_dir():            # a root of run folders: its newest run
+        runs = sorted((q.parent for q in p.rglob('modelckpt')), key=lambda q: q.stat().st_mtime)
+        if not runs: raise FileNotFoundError(f"load_run: no run folder (with a modelckpt/ folder) in {p}")
+        p = runs[-1]
+    model, info = load_trained_model(find_run_checkpoint(p, which) if p.is_dir() else p, device)
+    info['run_dir'] = p if p.is_dir() else p.parent.parent
+    return model, info
+
+def _data_dir(info:dict)->Path:
+    "The run's dataset folder: as stored, else relative to a folder above the run."
+    d = Path(info['args']['dataset_dir']).expanduser()
+    if d.is_absolute() or d.exists(): return d
+    for up in Path(info['run_dir']).resolve().parents:
+        if (up / d).exists(): return up / d
+    raise FileNotFoundError(f"the dataset of {info['run_dir']} ({d}) is neither under the current folder nor above the run folder")
+
+def run_data_manager(info:dict, # the info of `load_run`
+                    ): # the data manager of the run's dataset
+    "The data manager of the dataset a run was trained on."
+    from m3reid.data.manager import get_data_manager
+    return get_data_manager(info['args']['dataset'], _data_dir(info), verbose=False)
+
+def run_test_sets(info:dict, # the info of `load_run`
+                  seq_len:int|None=None, # frames per clip (None: the run's)
+                 )->tuple: # (query set, gallery set): `VideoVIDataset`s of normalised clips
+    "The query and gallery sets of a run's dataset, at the run's input size."
+    from m3reid.engine.evaluate import build_test_sets
+    a = info['args']
+    return build_test_sets(run_data_manager(info), a['img_h'], a['img_w'], seq_len or a['seq_len'])
+
+# %% ../nbs/60_viz.ipynb #02a9a295
+def plot_attention_ranking(query_clip, # [T,3,H,W] the query clip
+                           query_maps, # [3, n, T, h, w] its attention maps (see `attention_of`)
+                           gallery_clips, # indexable: gallery index -> [T,3,H,W] clip
+                           dist, # [N] distances from the query to the gallery
+                           q_pid:int, q_cid:int, # query identity and camera
+                           g_pids, g_cids, # [N] gallery identities and cameras
+                           topk:int=5, # ranked gallery tracklets to show
+                           num_frames:int=3, # frames shown per tracklet
+                           columns:tuple|None=None, # (view, head) of each attention column; None: the 2 maps that vary most
+                           mean=None, std=None, # normalisation to undo (see `clip_to_images`)
+                           alpha:float=0.5, # opacity of the overlay
+                           title:str|None=None, # figure title
+                          ): # a matplotlib Figure
+    "A query, its attention maps and its top-k ranked gallery tracklets, in one row."
+    ranked = rank_gallery(dist, q_pid, q_cid, g_pids, g_cids, topk, max_junk=0)
+    imgs, maps = clip_to_images(query_clip, mean, std), torch.as_tensor(query_maps).detach().float().cpu()
+    idx = np.linspace(0, len(imgs) - 1, min(num_frames, len(imgs))).round().astype(int)
+    qimg, (H, W) = _strip(query_clip, num_frames, mean, std), imgs.shape[1:3]
+    if columns is None:                                                 # heads that are switched off show nothing
+        spread = maps.flatten(3).std(-1).mean(-1)                       # [3, n]: variation over positions
+        columns = sorted(divmod(int(k), maps.shape[1]) for k in spread.flatten().argsort(descending=True)[:2])
+    widths = [1] * (1 + len(columns)) + [0.2] + [1] * len(ranked)
+    fig = _new_figure(0.95 * sum(widths) + 0.3, 0.95 * qimg.shape[0] / qimg.shape[1] + 0.8)
+    axs = np.atleast_1d(fig.subplots(1, len(widths), gridspec_kw=dict(width_ratios=widths)))
+    _framed(axs[0], qimg, _STATUS_COLORS['query'], f'query\nid {int(q_pid)} cam {int(q_cid)}')
+    sel = torch.stack([maps[v, j][idx] for v, j in columns])                        # [columns, frames, h, w]
+    up = torch.nn.functional.interpolate(sel.flatten(0, 1)[:, None], size=(H, W), mode='bilinear', align_corners=False)
+    up = up.view(len(columns), len(idx), H, W).numpy()
+    gap = np.full((max(1, H // 32), W), np.nan)
+    for ax, (v, j), u in zip(axs[1:], columns, up):
+        ax.imshow(qimg); ax.imshow(np.concatenate([p for f in u for p in (f, gap)][:-1]), cmap='jet', alpha=alpha,
+                                   vmin=float(sel.min()), vmax=float(sel.max()))
+        ax.set_xticks([]); ax.set_yticks([]); ax.set_title(f"attention mask\n{VIEW_NAMES[v].split()[-1][1:-1]} head {j}", fontsize=8)
+    axs[1 + len(columns)].axis('off')
+    dist = torch.as_tensor(dist).flatten()
+    for ax, (i, status, rank) in zip(axs[2 + len(columns):], ranked):
+        _framed(ax, _strip(gallery_clips[i], num_frames, mean, std), _STATUS_COLORS[status],
+                f'#{rank} id {int(g_pids[i])}\ncam {int(g_cids[i])} d={float(dist[i]):.2f}')
+    if title: fig.suptitle(title, fontsize=9)
+    return fig
+
+# %% ../nbs/60_viz.ipynb #06460bb5
+class _Clips:
+    "index -> clip of a dataset (its first item)."
+    def __init__(self, ds): self.ds = ds
+    def __getitem__(self, i): return self.ds[i][0]
+
+def readme_figure(run_dir:str|Path, # a training run folder
+                  path:str|Path|None=None, # where to write the PNG (None: no file)
+                  query:int|None=None, # query index (None: the first whose rank-1 match is correct)
+                  topk:int=5, # gallery tracklets shown
+                  frames:int=6, # frames per clip for the attention maps and the pictures (the ranking uses the run's T)
+                  device='cpu', # device for the embeddings
+                  dpi:int=100, # PNG resolution
+                 ): # a matplotlib Figure
+    "The README's top picture: a trained model's attention on a query beside its ranked gallery."
+    from m3reid.engine.evaluate import extract_dataset
+    from m3reid.metrics import pairwise_distance
+    model, info = load_run(run_dir, device)
+    qs, gs = run_test_sets(info)
+    dist = pairwise_distance(extract_dataset(model, qs, device)[0], extract_dataset(model, gs, device)[0]).cpu()
+    if query is None:
+        ok = [i for i in range(len(qs)) if rank_gallery(dist[i], qs.pids[i], qs.cids[i], gs.pids, gs.cids, 1, 0)[0][1] == 'match']
+        query = ok[0] if ok else 0
+    qv, gv = run_test_sets(info, seq_len=frames)                       # the same tracklets, `frames` frames each
+    clip = qv[query][0]
+    maps = attention_of(model, clip[None].to(device))[0]
+    a, m = info['args'], qs.mids[query]
+    fig = plot_attention_ranking(clip, maps, _Clips(gv), dist[query], qs.pids[query], qs.cids[query], gs.pids, gs.cids,
+                                 topk=topk, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                 title=f"M3-ReID ({a['arch']}, {a['img_h']}x{a['img_w']}): {'an' if m == 1 else 'a'} "
+                                       f"{MODALITY_NAMES[m]} query, where two of its attention masks look, and its top-{topk} of the other modality")
+    if path is not None: save_figure(fig, path, dpi)
     return fig

@@ -1,5 +1,6 @@
 """Each figure function of `m3reid.viz` renders on tiny made-up inputs and writes a non-empty PNG."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +84,100 @@ def test_load_clip(tmp_path):
         Image.new('RGB', (8, 16), (50 * i, 0, 0)).save(paths[-1])
     clip = viz.load_clip(paths, num_frames=3)
     assert clip.shape == (3, 3, 16, 8) and clip.dtype == torch.uint8
+
+
+# --- figures of the method, on rendered pedestrians and a random network ---
+
+@pytest.fixture(scope='module')
+def tiny_net():
+    from m3reid.models.m3reid import M3ReID
+    torch.manual_seed(0)
+    return M3ReID(4, arch='resnet18', last_stride=1, verbose=False).eval()
+
+
+@pytest.fixture(scope='module')
+def pair():
+    return viz.synthetic_clip(3, 1, 'IR', 3, (64, 32)), viz.synthetic_clip(3, 0, 'RGB', 3, (64, 32))
+
+
+def test_clips_and_view_groups(pair, tmp_path):
+    ir, rgb = pair
+    assert ir.shape == (3, 3, 64, 32) and ir.dtype == torch.uint8
+    _check_png(viz.plot_clips([ir, rgb, ir], labels=['a', 'b', 'c'], ncols=2), tmp_path / 'clips.png')
+    _check_png(viz.plot_view_groups(ir, (4, 2)), tmp_path / 'groups.png')
+
+
+def test_attention_figures(tiny_net, pair, tmp_path):
+    x = viz.network_input(list(pair))
+    maps = viz.attention_of(tiny_net, x)
+    assert maps.shape == (2, 3, 2, 3, 4, 2) and not tiny_net.training
+    _check_png(viz.plot_attention(list(pair), {'a': list(maps), 'b': list(maps)}, heads='mean', labels=['ir', 'rgb']),
+               tmp_path / 'att.png')
+    w, cell = viz.nonlocal_attention(tiny_net, x, (0, 0.5, 0.5), stage=3)
+    assert w.shape == (2, 3, 4, 2) and torch.allclose(w.sum((1, 2, 3)), torch.ones(2), atol=1e-5)
+    _check_png(viz.plot_nonlocal_attention(list(pair), w, cell), tmp_path / 'nl.png')
+
+
+def test_architecture_and_loss_terms(tiny_net, pair, tmp_path):
+    from m3reid.models.m3reid import training_outputs
+    _check_png(viz.plot_architecture(tiny_net, 3, (64, 32), clips=list(pair)), tmp_path / 'arch.png')
+    clips = [viz.synthetic_clip(p, c, m, 3, (64, 32)) for p in range(2) for c, m in ((0, 'IR'), (1, 'RGB'))]
+    out = training_outputs(tiny_net, viz.network_input(clips), batch_stats=True)
+    pids, mids = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 1, 2])
+    _check_png(viz.plot_loss_terms(out, pids, mids, clips=clips), tmp_path / 'loss.png')
+
+
+# --- pictures of a trained run: the notebooks' `#| notest` cells, run on a tiny run ---
+
+NBS = Path(__file__).resolve().parents[1] / 'nbs'
+TRAINED_CELL_NOTEBOOKS = ['00_method.ipynb', '11_models.non_local.ipynb', '12_models.mvl.ipynb', '20_losses.ipynb']
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    "A run folder of a ResNet-18 trained for one epoch at 64x32 with last stride 1 (layer4: 4x2 cells)."
+    from m3reid.data.synthetic import make_synthetic_hitszvcm
+    from m3reid.engine.config import TrainConfig
+    from m3reid.engine.train import train
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp('pictures')
+    data = make_synthetic_hitszvcm(root / 'data', num_train_ids=6, num_test_ids=4, img_size=(64, 32), frames=(12, 13),
+                                   short_prob=0, seed=0)
+    train(TrainConfig(dataset='HITSZVCM', dataset_dir=str(data), run_dir=str(root / 'run'), arch='resnet18',
+                      pretrained='none', img_h=64, img_w=32, last_stride=1, seq_len=4, p_num=2, k_num=4, epochs=1,
+                      workers=0, device='cpu', log_interval=50))
+    return root / 'run'
+
+
+def test_load_run_and_readme_figure(tiny_run, tmp_path):
+    model, info = viz.load_run(tiny_run)
+    assert not model.training and info['epoch'] == 1 and info['args']['last_stride'] == 1
+    assert viz.load_run(tiny_run.parent)[1]['path'] == info['path']           # a folder of runs: its newest
+    qs, gs = viz.run_test_sets(info)
+    assert qs[0][0].shape == (4, 3, 64, 32) and set(qs.mids) == {1} and set(gs.mids) == {2}
+    fig = viz.readme_figure(tiny_run, tmp_path / 'readme_top.png')
+    assert len(fig.axes) == 1 + 2 + 1 + 5
+    data = (tmp_path / 'readme_top.png').read_bytes()
+    assert data[:8] == PNG and len(data) > 20000
+
+
+def _notest_cells(nb):
+    cells = json.loads((NBS / nb).read_text())['cells']
+    srcs = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
+    return [s for s in srcs if s.lstrip().startswith('#| notest')]
+
+
+@pytest.mark.parametrize('nb', TRAINED_CELL_NOTEBOOKS)
+def test_trained_model_cells(nb, tiny_run, tmp_path, monkeypatch):
+    "The cells that draw the pictures of the trained model run as written, on a tiny run."
+    cells = _notest_cells(nb)
+    assert cells, f'{nb} has no #| notest cell'
+    monkeypatch.setenv('M3REID_PICTURES_RUN', str(tiny_run))
+    monkeypatch.chdir(NBS)
+    shown = []
+    def show(fig, dpi=80, fmt='png'):
+        shown.append(viz.save_figure(fig, tmp_path / f'{len(shown)}.png', dpi))
+    ns = {'show': show, '__name__': '__main__'}
+    for src in cells: exec(compile(src, f'{nb}:notest', 'exec'), ns)
+    assert shown, f'{nb}: the trained-model cells drew nothing'
+    for p in shown: assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000, p

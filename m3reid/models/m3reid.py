@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import build_backbone
+from .backbones import BACKBONES, build_backbone
 from .non_local import NonLocal
 from .mvl import MVLAttention
 
 # %% auto #0
-__all__ = ['DEFAULT_NON_LOCAL', 'ORIGINAL_SIGNATURE_SHA256', 'resolve_non_local', 'M3ReID', 'state_dict_signature',
-           'signature_sha256', 'parameter_table', 'load_weights']
+__all__ = ['DEFAULT_NON_LOCAL', 'ORIGINAL_SIGNATURE_SHA256', 'resolve_non_local', 'M3ReID', 'training_outputs', 'layer_shapes',
+           'shape_table', 'state_dict_signature', 'signature_sha256', 'parameter_table', 'load_weights']
 
 # %% ../../nbs/13_models.m3reid.ipynb #e42ef07b
 DEFAULT_NON_LOCAL = {'resnet18': (0, 1, 1, 0), 'resnet34': (0, 2, 3, 0), 'resnet50': (0, 2, 3, 0)}
@@ -27,9 +27,8 @@ def resolve_non_local(arch:str, # backbone name
                      )->tuple: # 4 ints
     "Check a non-local placement against the backbone's stages."
     if non_local is None:
-        from .backbones import BACKBONES
-        spec = BACKBONES.get(arch)
-        counts = DEFAULT_NON_LOCAL.get(arch) or (spec.non_local if spec is not None else None) or (0, 0, 0, 0)
+        reg = BACKBONES.get(arch)
+        counts = DEFAULT_NON_LOCAL.get(arch) or (reg.non_local if reg is not None else None) or (0, 0, 0, 0)
     else: counts = tuple(int(k) for k in non_local)
     if len(counts) != 4: raise ValueError(f"non_local must give 4 block counts (one per stage), got {non_local!r}")
     for i, (k, n) in enumerate(zip(counts, stage_blocks), 1):
@@ -97,6 +96,75 @@ class M3ReID(nn.Module):
         return {'frame_feats': frame_feats, 'video_feats': video_feats,
                 'frame_logits': self.classifier_frame(frame_feats), 'video_logits': self.classifier(video_feats),
                 'attn_masks': masks}
+
+# %% ../../nbs/13_models.m3reid.ipynb #e0048c4a
+@torch.no_grad()
+def training_outputs(model:nn.Module, # an M3ReID (or any network with a dict-returning training forward)
+                     clips:torch.Tensor, # [B, T, 3, H, W] network inputs
+                     batch_stats:bool=False, # normalise with the batch's statistics (as in training)
+                    )->dict: # the training-mode outputs
+    "The training-mode outputs of clips, without gradients, leaving the model's modes and statistics unchanged."
+    modes = {m: m.training for m in model.modules()}
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, {k: v.clone() for k, v in m.named_buffers()}) for m in bns] if batch_stats else []
+    try:
+        model.train()
+        if not batch_stats:
+            for m in bns: m.eval()
+        return model(clips)
+    finally:
+        for m, t in modes.items(): m.train(t)
+        for m, bufs in saved:
+            for k, v in bufs.items(): getattr(m, k).copy_(v)
+
+# %% ../../nbs/13_models.m3reid.ipynb #cb68aeb1
+def _count(*mods): return sum(p.numel() for m in mods for p in m.parameters())
+
+@torch.no_grad()
+def layer_shapes(model:M3ReID, # the network
+                 seq_len:int=6, # T, frames per clip
+                 img_size:tuple=(288, 144), # (height, width) of the frames
+                )->list: # [{'key', 'step', 'module', 'shape', 'dims', 'params'}, ...] in forward order
+    "Output shape and parameter count of every step of the network, traced on one clip."
+    T, (H, W), bb, mvl = seq_len, img_size, model.backbone, model.mvl_attention
+    rows, modes = [], {m: m.training for m in model.modules()}
+    def add(key, step, module, lead, rest, params=0):
+        rest = tuple(int(s) for s in rest)
+        rows.append(dict(key=key, step=step, module=module, shape='[' + ', '.join([lead, *map(str, rest)]) + ']', dims=rest, params=params))
+    try:
+        model.eval()
+        add('input', 'input clip', '', 'B', (T, 3, H, W))
+        layers = [getattr(bb, f'layer{i}') for i in range(1, 5)]
+        x = bb.stem(torch.zeros(T, 3, H, W, device=next(model.parameters()).device))
+        add('stem', 'stem', 'backbone.conv1, bn1, maxpool', 'B·T', x.shape[1:], _count(bb) - _count(*layers))
+        for i, layer in enumerate(layers, 1):
+            x = model._stage(x, i, 1, T)
+            add(f'layer{i}', f'layer{i}', f'backbone.layer{i}', 'B·T', x.shape[1:], _count(layer))
+            nls = getattr(model, f'NL_{i}', None)
+            if nls is not None:
+                add(f'NL_{i}', f"{len(nls)} non-local block{'s' * (len(nls) > 1)} in layer{i}", f'NL_{i}', 'B',
+                    (x.shape[1], T, *x.shape[2:]), _count(nls))
+        maps = x.reshape(1, T, *x.shape[1:])
+        for k, lead, m in zip(('hw', 'tw', 'th'), ('B·T', 'B·h', 'B·w'), mvl.masks(maps)):
+            add(f'mask_{k}', f'MVL masks, view {k}', f'mvl_attention.view_attention_{k}', lead, m.shape[1:],
+                _count(getattr(mvl, f'view_attention_{k}')))
+        D, K = mvl.out_channels, model.num_classes
+        add('pooled', 'GeM of each view and head, concatenated', 'mvl_attention', 'B·T', (D,))
+        add('frame_feats', 'BN neck: frame features', 'bn_neck', 'B', (T, D), _count(model.bn_neck))
+        add('video_feats', 'video feature: mean over T', '', 'B', (D,))
+        add('frame_logits', 'frame logits', 'classifier_frame', 'B', (T, K), _count(model.classifier_frame))
+        add('video_logits', 'video logits', 'classifier', 'B', (K,), _count(model.classifier))
+        add('embedding', 'eval output: L2-normalised video feature', '', 'B', (D,))
+    finally:
+        for m, t in modes.items(): m.train(t)
+    return rows
+
+def shape_table(rows:list, # from `layer_shapes`
+               )->str: # a Markdown table
+    "The steps of `layer_shapes` as a Markdown table with a total row."
+    lines = ['| step | module | output shape | parameters |', '|---|---|---|---:|']
+    lines += [f"| {r['step']} | {'`' + r['module'] + '`' if r['module'] else ''} | `{r['shape']}` | {r['params']:,} |" for r in rows]
+    return '\n'.join(lines + [f"| **total** | | | **{sum(r['params'] for r in rows):,}** |"])
 
 # %% ../../nbs/13_models.m3reid.ipynb #ba97d84b
 ORIGINAL_SIGNATURE_SHA256 = '6ca154b3e48859758518af7fa1f19d327fd8d5064aa445e37303d0a7baecfc1e' # ResNet-50, 500 classes

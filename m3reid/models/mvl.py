@@ -46,6 +46,7 @@ class MVLAttention(nn.Module):
                  m_th.reshape(B, W, n, T, H).permute(0, 3, 2, 4, 1).reshape(B * T, n, H * W)]
         m = torch.cat(frame, 1).float()                                       # [B·T, 3n, HW]
         v = x.reshape(B * T, C, H * W).float()
+        if self.pool == 'gem': v = v.clamp_min(0)                             # GeM is defined on non-negative maps
         with torch.autocast(x.device.type, enabled=False):
             if self.pool == 'gem':
                 pooled = (torch.bmm(m.pow(self.p), v.pow(self.p).transpose(1, 2)) / (H * W) + self.eps).pow(1 / self.p)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# %% ../../nbs/11_models.non_local.ipynb #dd61b908
+# %% ../../nbs/11_models.non_local.ipynb #eaac48e0
 class NonLocal(nn.Module):
     "3-D embedded-Gaussian non-local block on [B, C, T, H, W], starting as the identity."
     def __init__(self,
@@ -41,3 +41,13 @@ class NonLocal(nn.Module):
         q, k, v = (m(x).flatten(2).transpose(1, 2) for m in (self.theta, self.phi, self.g))
         y = self.attend(q, k, v).transpose(1, 2).reshape(B, self.inter_channels, T, H, W)
         return self.W(y) + x
+
+    def attention(self, x:torch.Tensor, # [B, C, T, H, W] input of the block
+                  query:tuple|None=None, # (t, h, w) position of the query; None: every query
+                 )->torch.Tensor: # [B, T, H, W] weights of that query over every position; None: [B, N, N]
+        "Rows of softmax(θᵀφ): those of one query position, or the whole N x N matrix."
+        B, C, T, H, W = x.shape
+        k = self.phi(x).flatten(2)                                          # [B, Ci, N]
+        if query is None: return torch.softmax(self.theta(x).flatten(2).transpose(1, 2) @ k, -1)
+        q = self.theta(x)[:, :, query[0], query[1], query[2]]               # [B, Ci]
+        return torch.softmax(torch.einsum('bc,bcn->bn', q, k), -1).view(B, T, H, W)

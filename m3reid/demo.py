@@ -13,8 +13,8 @@ import torch
 from .engine.config import TrainConfig, config_to_argv
 
 # %% auto #0
-__all__ = ['DEMO_CONFIGS', 'data_folder_name', 'imagenet_weights_cached', 'demo_config', 'before_after_table', 'attention_of',
-           'test_features', 'rerank_table', 'run_figures', 'build_demo_parser', 'main']
+__all__ = ['DEMO_CONFIGS', 'data_folder_name', 'imagenet_weights_cached', 'demo_config', 'before_after_table', 'test_features',
+           'rerank_table', 'run_figures', 'build_demo_parser', 'main']
 
 # %% ../nbs/80_demo.ipynb #82092c85
 DEMO_CONFIGS = {
@@ -22,7 +22,7 @@ DEMO_CONFIGS = {
         data=dict(num_train_ids=48, num_test_ids=16, num_cameras=6, cams_per_id=3, tracks_per_cam=1, frames=(12, 24),
                   img_size=(64, 32), seed=0),
         train=dict(arch='resnet18', img_h=64, img_w=32, seq_len=2, p_num=8, k_num=2, sampler='cross_modality',
-                   lr=2e-3, epochs=30, milestones=[24], test_interval=10, log_interval=9)),
+                   lr=2e-3, epochs=50, milestones=[40], test_interval=10, log_interval=9)),
     'quick': dict(
         data=dict(num_train_ids=6, num_test_ids=4, num_cameras=3, cams_per_id=2, tracks_per_cam=1, frames=(12, 14),
                   short_prob=0.0, img_size=(32, 16), seed=0),
@@ -87,23 +87,6 @@ def before_after_table(before:dict, # metrics.json record of the untrained model
              row(labels[2], lambda m, k: after[m][k] - before[m][k], '{:+.1f}')]
     return '\n'.join(lines)
 
-# %% ../nbs/80_demo.ipynb #f757d504
-@torch.no_grad()
-def attention_of(model, # an M3ReID (any mode; restored afterwards)
-                 clips:torch.Tensor, # [B,T,3,H,W] network inputs
-                )->torch.Tensor: # [B, 3, heads, T, h, w]
-    "Per-frame MVL attention maps of clips, batch-norm layers in evaluation mode."
-    from m3reid.viz import attention_maps
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.train()
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.eval()
-        out = model(clips)
-    finally:
-        for m, t in modes.items(): m.train(t)
-    return attention_maps(out['attn_masks'], clips.shape[1])
-
 # %% ../nbs/80_demo.ipynb #c4667eb2
 def test_features(run_dir:str|Path, # a training run folder
                   device='cpu', # where to embed
@@ -131,46 +114,24 @@ def rerank_table(features, # from `test_features`
 # %% ../nbs/80_demo.ipynb #4aee309c
 def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
                 device='cpu', # device for the embeddings
-                topk:int=5, # gallery tracklets in the ranked lists
                 dpi:int=80, # PNG resolution
-                attention_frames:int=6, # frames of the clip in the attention figure (any T works at inference)
-                features=None, # the run's `test_features` (embedded again when None)
                )->dict: # figure name -> path written
-    "Draw the curves, CMC, ranked-list and attention figures of a run into `<run_dir>/figures/`."
+    "Draw the curves, CMC, ranked-list and modality-gap figures of a run's last snapshot into `<run_dir>/figures/`."
     from m3reid import viz
-    from m3reid.data.manager import get_data_manager
-    from m3reid.engine.evaluate import build_test_sets, extract_dataset
-    from m3reid.metrics import evaluate_cross_modality, pairwise_distance
+    from m3reid.engine.checkpoint import find_run_checkpoint
+    from m3reid.explore import Explorer, plot_query, modality_gaps, plot_modality_gap
     run_dir = Path(run_dir); out = run_dir / 'figures'
     records = [r for r in viz.load_metrics(run_dir) if r.get('split', 'test') == 'test']
-    from m3reid.engine.checkpoint import load_trained_model, find_run_checkpoint
-    model, info = load_trained_model(find_run_checkpoint(run_dir), device)
-    args = info['args']
-    dm = get_data_manager(args['dataset'], args['dataset_dir'], verbose=False)
-    qs, gs = build_test_sets(dm, args['img_h'], args['img_w'], args['seq_len'])
-    fs = features if features is not None else test_features(run_dir, device)
-    q, g = ((f.feats, f.pids, f.cids, f.mids) for f in (fs.select('query'), fs.select('gallery')))
-    res = evaluate_cross_modality(args['dataset'], q[0], g[0], q[1], g[1], q[2], g[2], q[3], g[3],
-                                  protocol=args.get('eval_protocol', 'm3reid'))
+    exp = Explorer.from_run(find_run_checkpoint(run_dir), device=device)
     paths = {'curves': viz.save_figure(viz.plot_curves(run_dir, title=f'{run_dir.name}: training'), out/'curves.png', dpi)}
     cmc_in = {}
     if records and records[0].get('epoch') == 0: cmc_in['untrained (epoch 0)'] = {m: records[0][m] for m in ('i2v', 'v2i')}
-    cmc_in[f"trained (epoch {records[-1]['epoch'] if records else '?'})"] = res
+    cmc_in[f'trained (epoch {exp.epoch})'] = {m: exp.retrieval(m).result for m in ('i2v', 'v2i')}
     paths['cmc'] = viz.save_figure(viz.plot_cmc(cmc_in, title='CMC on the synthetic test set'), out/'cmc.png', dpi)
-    # HITSZ-VCM: query tracklets are infrared, gallery visible; v2i swaps the roles
-    sides = {'i2v': (qs, q[0], gs, g[0]), 'v2i': (gs, g[0], qs, q[0])}
-    for mode, (qset, qf, gset, gf) in sides.items():
-        i = 0
-        dist = pairwise_distance(qf[i:i + 1], gf)[0]
-        fig = viz.plot_ranked_list(viz.load_clip(qset.tracks[i], 3), viz.TrackletClips(gset.tracks, 3), dist,
-                                   qset.pids[i], qset.cids[i], gset.pids, gset.cids, topk=topk,
-                                   title=f'{mode}: query {i} and its top-{topk} (green: same identity, red: other, gray: junk)')
-        paths[f'ranked_{mode}'] = viz.save_figure(fig, out/f'ranked_{mode}.png', dpi)
-    clip = build_test_sets(dm, args['img_h'], args['img_w'], attention_frames)[0][0][0]
-    maps = attention_of(model, clip[None].to(device))[0]
-    fig = viz.plot_attention(clip, maps, mean=viz.IMAGENET_MEAN, std=viz.IMAGENET_STD,
-                             title=f'attention maps of query 0 (id {qs.pids[0]}, IR), {attention_frames} frames')
-    paths['attention'] = viz.save_figure(fig, out/'attention.png', dpi)
+    for mode in ('i2v', 'v2i'):  # the first query of each mode, as it comes
+        q = int(exp.retrieval(mode).query_idx[0])
+        paths[f'ranked_{mode}'] = viz.save_figure(plot_query(exp, mode, q), out/f'ranked_{mode}.png', dpi)
+    paths['modality_gap'] = viz.save_figure(plot_modality_gap(modality_gaps(exp)), out/'modality_gap.png', dpi)
     return paths
 
 # %% ../nbs/80_demo.ipynb #73c35fd0
@@ -212,7 +173,7 @@ def _train(a, name:str, data_dir:Path)->dict:
          + ' '.join(shlex.quote(s) for s in config_to_argv(tcfg)))
     return train(tcfg)
 
-# %% ../nbs/80_demo.ipynb #e3d8d98d
+# %% ../nbs/80_demo.ipynb #4bcc35d1
 def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
         )->dict: # {'run_dir', 'records', 'figures', 'seconds'}
     "Console script `m3reid-demo`: data, untrained evaluation, training, trained evaluation, table, figures."
@@ -237,8 +198,8 @@ def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
     figures = {}
     if not a.no_figures:
         _say("4/4 figures")
-        figures = run_figures(run_dir, device, features=features)
-        for k, p in figures.items(): print(f"    {k:<11} {p}")
+        figures = run_figures(run_dir, device)
+        for k, p in figures.items(): print(f"    {k:<12} {p}")
     secs = time.time() - t0
     _say(f"done in {int(secs // 60)} min {int(secs % 60)} s. Run folder: {run_dir}\n"
          f"    log {run_dir / ('log_' + run_dir.name + '.txt')}, metrics {run_dir / 'metrics.json'}, "

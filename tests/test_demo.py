@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FIGURES = ['attention', 'cmc', 'curves', 'ranked_i2v', 'ranked_v2i']
+FIGURES = ['cmc', 'curves', 'modality_gap', 'ranked_i2v', 'ranked_v2i']
 
 
 def _run_demo(cwd, *extra):

@@ -1,13 +1,13 @@
 """Render `nbs/index.ipynb` as `README.md` (nbdev_readme needs Quarto, which we cannot install).
 
 Markdown cells are copied as they are; code cells become ```python blocks followed by their text output; cells
-marked `#| hide` are left out and `#| ` directive lines are dropped. Image paths are made relative to the
-repository root.
+marked `#| hide` are left out and `#| ` directive lines are dropped. Image paths and links to notebooks are made
+relative to the repository root.
 
     python tools/readme.py           # write README.md
     python tools/readme.py --check   # exit 1 if README.md differs from what index.ipynb gives
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,8 @@ def render(nb:dict)->str:
         if any(d.replace(' ', '') in ('#|hide', '#|eval:false') for d in directives): continue
         body = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip('\n')
         if cell['cell_type'] == 'markdown':
-            parts.append(body.replace('](images/', '](nbs/images/'))
+            body = body.replace('](images/', '](nbs/images/')
+            parts.append(re.sub(r'\]\((?!https?:|nbs/|/)([^)]+\.ipynb)\)', r'](nbs/\1)', body))  # notebook links
             continue
         parts.append(f'```python\n{body}\n```')
         text = ''.join(''.join(o.get('text', '')) if o['output_type'] == 'stream' else ''.join(o.get('data', {}).get('text/plain', ''))

@@ -618,9 +618,10 @@ def find_resume_file(cfg:TrainConfig, # uses resume, run_dir
 # %% ../../nbs/40_engine.train.ipynb #36142f78
 def restore(path:Path, # from `find_resume_file`
             cfg:TrainConfig, tr:types.SimpleNamespace, run:RunDir, dist_info:DistInfo,
+            ckpt:dict|None=None, # the file's content when already read (`load_checkpoint`)
            )->LoopState:
     "Load a state (exactly) or a weights file (weights only) into the run; the loop state to continue from."
-    ckpt = load_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     if ckpt['kind'] != 'state':
         print(f"WARNING: {path} holds weights only ({ckpt['kind']}): epoch, optimiser and schedule start fresh")
         load_model_weights(tr.model, ckpt['model'], str(path), strict=False)
@@ -708,13 +709,14 @@ def setup_run(cfg:TrainConfig, # a checked configuration
     ctx.test = types.SimpleNamespace(query_set=q, gallery_set=g, val_set=v)
     ctx.tr = build_training(cfg, ctx.data.num_classes, ctx.device, use_scaler)
     if dist_info.enabled: set_seed(cfg.seed + dist_info.rank, deterministic=cfg.deterministic)
+    given = load_checkpoint(cfg.resume) if cfg.resume not in (None, 'auto') else None  # refused before any folder exists
     ctx.run = _run_folder(cfg, dist_info)
     if dist_info.is_main:
         stack.enter_context(TeeLogger(ctx.run.log_file, mode='a'))
         _header(cfg, ctx, manager)
         ctx.run.config_file.write_text(config_to_toml(cfg, f"m3reid-train --config {ctx.run.config_file} repeats this run"))
     path = find_resume_file(cfg, ctx.run, dist_info)
-    ctx.state = restore(path, cfg, ctx.tr, ctx.run, dist_info) if path is not None else LoopState()
+    ctx.state = restore(path, cfg, ctx.tr, ctx.run, dist_info, given) if path is not None else LoopState()
     if ctx.state.rng is not None: set_rng_states(ctx.state.rng)
     ctx.model = ctx.tr.model
     if dist_info.enabled:

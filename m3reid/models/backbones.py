@@ -439,8 +439,9 @@ def hub_checkpoint_dir()->Path: # `$TORCH_HOME/hub/checkpoints` (torch's default
     return Path(torch.hub.get_dir()) / 'checkpoints'
 
 def _load_file(path):
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RuntimeError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    "Weights read with `torch.load(weights_only=True)` (`m3reid.utils.safe_load`): nothing in the file can run."
+    from m3reid.utils import safe_load
+    return safe_load(path)
 
 def load_imagenet_state(arch:str, # name in `BACKBONES`
                         download:bool=True, # try a download when nothing is cached

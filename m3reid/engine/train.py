@@ -330,8 +330,9 @@ class EpochProgress:
     def __init__(self, epoch:int, # 0-based epoch
                  batch:int=0, # batches of this epoch already trained
                  nonfinite_run:int=0, # consecutive skipped steps before this epoch
+                 first_step:int|None=None, # steps of the run before this epoch (None: epoch x batches per epoch)
                 ):
-        self.epoch, self.batch, self.nonfinite_run = epoch, batch, nonfinite_run
+        self.epoch, self.batch, self.nonfinite_run, self.first_step = epoch, batch, nonfinite_run, first_step
         self.loss, self.meters, self.frames, self.skipped, self.seconds = AverageMeter(), {}, 0, 0, 0.0
 
     def add(self, r:StepResult, batch_size:int):
@@ -351,14 +352,15 @@ class EpochProgress:
 
     def state_dict(self)->dict:
         "Plain numbers only."
-        return dict(epoch=self.epoch, batch=self.batch, nonfinite_run=self.nonfinite_run, loss=self.loss.state_dict(),
+        return dict(epoch=self.epoch, batch=self.batch, nonfinite_run=self.nonfinite_run, first_step=self.first_step,
+                    loss=self.loss.state_dict(),
                     meters={k: m.state_dict() for k, m in self.meters.items()}, frames=self.frames, skipped=self.skipped,
                     seconds=self.seconds)
 
     @classmethod
     def from_state(cls, s:dict)->EpochProgress:
         "Continue a saved epoch."
-        p = cls(s['epoch'], s['batch'], s['nonfinite_run'])
+        p = cls(s['epoch'], s['batch'], s['nonfinite_run'], s.get('first_step'))
         p.loss.load_state_dict(s['loss']); p.frames, p.skipped, p.seconds = s['frames'], s['skipped'], s['seconds']
         for k, m in s['meters'].items(): p.meters[k] = AverageMeter(); p.meters[k].load_state_dict(m)
         return p
@@ -391,7 +393,7 @@ def _log_step(i, n, progress, r, lr, t, writer, num_epochs, bar):
           f"{format_parts(r.parts) if not r.skipped else '(step skipped)'}", flush=True)
     if bar is not None: bar.refresh()
     if writer is not None and not r.skipped:
-        step = progress.epoch * n + i
+        step = (progress.epoch * n if progress.first_step is None else progress.first_step) + i
         for k, v in r.parts.items(): writer.add_scalar(_TB_TAGS.get(k, f'metric/loss_{k}'), v, step)
         writer.add_scalar('metric/lr', lr, step)
 
@@ -512,6 +514,7 @@ class LoopState:
     best_score:float = -1.0 # best selection score so far
     best_epoch:int|None = None # its epoch
     nonfinite_run:int = 0 # consecutive skipped steps
+    steps_done:int = 0 # batches of the completed epochs (the TensorBoard step; samplers may vary the batches per epoch)
     bad_frames:int = 0 # frames replaced by --bad_frames skip in earlier sessions of this run
     rng:dict|None = None # this rank's random states to restore
 
@@ -559,7 +562,7 @@ def forget_snapshots(metrics_file, # the run's metrics.json
 
 def _loop_fields(ctx, progress:EpochProgress|None)->dict:
     st = ctx.state
-    return dict(best_score=st.best_score, best_epoch=st.best_epoch, nonfinite_run=st.nonfinite_run,
+    return dict(best_score=st.best_score, best_epoch=st.best_epoch, nonfinite_run=st.nonfinite_run, steps_done=st.steps_done,
                 progress=None if progress is None else progress.state_dict(), num_classes=ctx.data.num_classes,
                 bad_frames=bad_frame_total(ctx), world_size=ctx.dist.world_size,
                 val_labels=getattr(ctx.data.train_view, 'val_labels', None))
@@ -634,8 +637,8 @@ def restore(path:Path, # from `find_resume_file`
     if ckpt.get('scaler') is not None and tr.scaler.is_enabled(): tr.scaler.load_state_dict(ckpt['scaler'])
     per_rank = ckpt.get('rng_states_per_rank') or []
     st = LoopState(int(ckpt['epoch']), int(ckpt.get('batch', 0)), ckpt.get('progress'), float(ckpt.get('best_score', -1.0)),
-                   ckpt.get('best_epoch'), int(ckpt.get('nonfinite_run', 0)), int(ckpt.get('bad_frames', 0)),
-                   per_rank[dist_info.rank] if len(per_rank) == dist_info.world_size else None)
+                   ckpt.get('best_epoch'), int(ckpt.get('nonfinite_run', 0)), int(ckpt.get('steps_done', 0)),
+                   int(ckpt.get('bad_frames', 0)), per_rank[dist_info.rank] if len(per_rank) == dist_info.world_size else None)
     if st.rng is None: print(f"WARNING: {path} was written by {len(per_rank)} rank(s), this run has {dist_info.world_size}: "
                              f"the global random states start afresh (the data do not depend on them)")
     if dist_info.is_main and path.resolve().parent == run.ckpt_dir.resolve():
@@ -778,13 +781,14 @@ def run_epochs(ctx:types.SimpleNamespace, # from `setup_run`
     batch_log = [] if cfg.record_batches else None
     for epoch in range(st.start_epoch, cfg.epochs):
         resumed = epoch == st.start_epoch and st.progress is not None and st.start_batch > 0
-        progress = EpochProgress.from_state(st.progress) if resumed else EpochProgress(epoch, 0, st.nonfinite_run)
+        progress = EpochProgress.from_state(st.progress) if resumed else EpochProgress(epoch, 0, st.nonfinite_run, st.steps_done)
         ctx.data.sampler.set_epoch(epoch, start_batch=progress.batch)
         why = train_one_epoch(ctx.model, ctx.tr.criterion, ctx.data.loader, ctx.tr.optimizer, ctx.device, progress,
                               cfg.epochs, ctx.amp, ctx.tr.scaler, ctx.writer, cfg.log_interval, cfg.max_nonfinite, ctx.dist,
                               ctx.stop, show_progress_bar(ctx.dist), batch_log)
         st.nonfinite_run = progress.nonfinite_run
         if why: stop_mid_epoch(ctx, progress, why)
+        st.steps_done = (progress.first_step or 0) + progress.batch
         stats = finish_epoch(ctx, progress)
         if batch_log is not None: _write_batches(ctx, epoch + 1, batch_log)
         out['epoch_stats'].append({k: v for k, v in stats.items() if k != 'eval'})

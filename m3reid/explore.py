@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engine.checkpoint import resolve_dataset_dir
+
 # %% auto #0
 __all__ = ['MODES', 'MODE_NAMES', 'MODALITIES', 'QUERY_COLUMNS', 'QUERY_FORMATS', 'PAIR_KINDS', 'PAIR_COLORS', 'MARKERS',
-           'run_checkpoint', 'resolve_dataset_dir', 'Explorer', 'mode_sides', 'Retrieval', 'Table', 'run_records',
-           'summary_table', 'query_records', 'worst_first', 'query_table', 'plot_query', 'figure_image', 'show_figure',
-           'pair_distances', 'gap_summary', 'tracklet_embeddings', 'modality_gaps', 'gap_table', 'plot_modality_gap',
-           'project_2d', 'identity_colors', 'plot_embeddings', 'embedding_maps', 'camera_r1', 'plot_camera_r1',
-           'tracklet_clip', 'query_attention', 'plot_frame_attention', 'plot_query_attention', 'attention_table',
-           'query_choices', 'explore_widget']
+           'run_checkpoint', 'Explorer', 'mode_sides', 'Retrieval', 'Table', 'run_records', 'summary_table',
+           'query_records', 'worst_first', 'query_table', 'plot_query', 'figure_image', 'show_figure', 'pair_distances',
+           'gap_summary', 'tracklet_embeddings', 'modality_gaps', 'gap_table', 'plot_modality_gap', 'project_2d',
+           'identity_colors', 'plot_embeddings', 'embedding_maps', 'camera_r1', 'plot_camera_r1', 'tracklet_clip',
+           'query_attention', 'plot_frame_attention', 'plot_query_attention', 'attention_table', 'query_choices',
+           'explore_widget']
 
 # %% ../nbs/61_explore.ipynb #784196a7
 def run_checkpoint(path, # a run folder or a checkpoint file
@@ -34,19 +36,6 @@ def run_checkpoint(path, # a run folder or a checkpoint file
         try: return find_run_checkpoint(path, 'best')
         except CheckpointError: pass
     return find_run_checkpoint(path, 'last')
-
-def resolve_dataset_dir(dataset_dir, # the dataset folder: the run's recorded one, or another
-                        run_dir=None, # the run folder: a relative path is also looked for from its parents
-                       )->Path:
-    "The dataset folder, looked for as given, then (if relative) from each parent of the run folder."
-    p = Path(dataset_dir).expanduser()
-    cands = [p] if p.is_absolute() else [Path.cwd()/p]
-    if run_dir is not None and not p.is_absolute(): cands += [a/p for a in Path(run_dir).resolve().parents]
-    for c in cands:
-        if c.is_dir(): return c.resolve()
-    looked = ', '.join(map(str, cands[:3])) + (', ...' if len(cands) > 3 else '')
-    raise FileNotFoundError(f"dataset folder {str(dataset_dir)!r} not found (looked in {looked}); "
-                            f"pass dataset_dir= the folder the run was trained on")
 
 # %% ../nbs/61_explore.ipynb #75fea730
 class Explorer:

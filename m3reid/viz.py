@@ -751,11 +751,8 @@ def load_run(run_dir:str|Path, # a training run folder (or a folder of them: the
 
 def _data_dir(info:dict)->Path:
     "The run's dataset folder: as stored, else relative to a folder above the run."
-    d = Path(info['args']['dataset_dir']).expanduser()
-    if d.is_absolute() or d.exists(): return d
-    for up in Path(info['run_dir']).resolve().parents:
-        if (up / d).exists(): return up / d
-    raise FileNotFoundError(f"the dataset of {info['run_dir']} ({d}) is neither under the current folder nor above the run folder")
+    from m3reid.engine.checkpoint import resolve_dataset_dir
+    return resolve_dataset_dir(info['args']['dataset_dir'], info['run_dir'])
 
 def run_data_manager(info:dict, # the info of `load_run`
                     ): # the data manager of the run's dataset

@@ -15,7 +15,7 @@ from ..utils import atomic_write, safe_load, UsageError, CheckpointError
 # %% auto #0
 __all__ = ['STATE_FORMAT', 'WEIGHTS_FORMAT', 'SaveError', 'atomic_torch_save', 'load_checkpoint', 'unwrap_model', 'save_weights',
            'save_state', 'list_snapshots', 'prune_snapshots', 'remove_stale_tmp', 'find_run_checkpoint',
-           'load_model_weights', 'build_model', 'load_trained_model', 'non_finite_tensors']
+           'resolve_dataset_dir', 'load_model_weights', 'build_model', 'load_trained_model', 'non_finite_tensors']
 
 # %% ../../nbs/39_engine.checkpoint.ipynb #4e88e1a2
 class SaveError(RuntimeError):
@@ -134,6 +134,20 @@ def find_run_checkpoint(run_dir, # a training run folder
     snaps = list_snapshots(ckpt_dir)
     if not snaps: raise CheckpointError(f"{ckpt_dir}: no model_epoch-N.pth snapshot (is {run_dir} a training run folder?)")
     return snaps[-1][1]
+
+# %% ../../nbs/39_engine.checkpoint.ipynb #012c5b8a
+def resolve_dataset_dir(dataset_dir, # the dataset folder: the run's recorded one, or another
+                        run_dir=None, # the run folder: a relative path is also looked for from its parents
+                       )->Path:
+    "The dataset folder, looked for as given, then (if relative) from each parent of the run folder."
+    p = Path(dataset_dir).expanduser()
+    cands = [p] if p.is_absolute() else [Path.cwd()/p]
+    if run_dir is not None and not p.is_absolute(): cands += [a/p for a in Path(run_dir).resolve().parents]
+    for c in cands:
+        if c.is_dir(): return c.resolve()
+    looked = ', '.join(map(str, cands[:3])) + (', ...' if len(cands) > 3 else '')
+    raise FileNotFoundError(f"dataset folder {str(dataset_dir)!r} not found (looked in {looked}); "
+                            f"pass dataset_dir= the folder the run was trained on")
 
 # %% ../../nbs/39_engine.checkpoint.ipynb #268bfdfb
 def load_model_weights(model:torch.nn.Module, # the model to fill

@@ -22,7 +22,8 @@ from ..rerank import rerank_settings
 # %% auto #0
 __all__ = ['AMP_DTYPES', 'build_test_sets', 'amp_dtype_of', 'extract_features', 'shard_range', 'gather_padded', 'extract_dataset',
            'NonFiniteFeaturesError', 'check_finite_features', 'evaluate_model', 'mean_map', 'format_eval_block',
-           'log_eval_tensorboard', 'read_metrics', 'append_metrics', 'truncate_metrics', 'make_eval_record']
+           'log_eval_tensorboard', 'write_metrics', 'read_metrics', 'append_metrics', 'truncate_metrics',
+           'make_eval_record']
 
 # %% ../../nbs/41_engine.evaluate.ipynb #e48db5de
 def build_test_sets(manager, # a data manager (or any object with query_/gallery_ lists)
@@ -229,10 +230,14 @@ def _json_safe(obj):
     if isinstance(obj, (list, tuple)): return [_json_safe(v) for v in obj]
     return obj
 
-def _dump_metrics(data:list)->str: return json.dumps(_json_safe(data), indent=1, allow_nan=False) + '\n'
-
-def _atomic_write_text(path:Path, text:str):
-    atomic_write(path, lambda f: f.write(text), binary=False)
+def write_metrics(path, # the metrics.json file
+                  records:list, # every record the file holds
+                 ):
+    "Write `metrics.json` atomically, as strict JSON (NaN as null); `SaveError` (one line) when it cannot be written."
+    from m3reid.engine.checkpoint import SaveError
+    text = json.dumps(_json_safe(records), indent=1, allow_nan=False) + '\n'
+    try: atomic_write(Path(path), lambda f: f.write(text), binary=False)
+    except OSError as e: raise SaveError(f"cannot write {path}: {e.strerror or e}; the earlier file is intact") from None
 
 def read_metrics(path)->list: # the records, [] when the file does not exist
     "Read a `metrics.json` list."
@@ -248,7 +253,7 @@ def append_metrics(path, # the metrics.json file
                   )->list: # all records now in the file
     "Append one record to `metrics.json`, atomically."
     data = read_metrics(path) + [record]
-    _atomic_write_text(Path(path), _dump_metrics(data))
+    write_metrics(path, data)
     return _json_safe(data)
 
 def truncate_metrics(path, # the metrics.json file
@@ -257,7 +262,7 @@ def truncate_metrics(path, # the metrics.json file
     "Drop records of epochs after `max_epoch` (used when resuming from that epoch's checkpoint)."
     data = read_metrics(path)
     keep = [r for r in data if r.get('epoch') is None or r['epoch'] <= max_epoch]
-    if len(keep) != len(data): _atomic_write_text(Path(path), _dump_metrics(keep))
+    if len(keep) != len(data): write_metrics(path, keep)
     return len(data) - len(keep)
 
 # %% ../../nbs/41_engine.evaluate.ipynb #a2194753

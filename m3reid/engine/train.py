@@ -13,13 +13,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..utils import (UsageError, CheckpointError, atomic_write, set_seed, get_rng_states, set_rng_states, make_run_dir, RunDir,
+from ..utils import (UsageError, CheckpointError, set_seed, get_rng_states, set_rng_states, make_run_dir, RunDir,
                           TeeLogger, AverageMeter)
 from .config import TrainConfig, check_config, config_to_toml, config_to_argv
 from .checkpoint import (SaveError, load_checkpoint, load_model_weights, save_weights, save_state,
                                       prune_snapshots, remove_stale_tmp, non_finite_tensors, build_model, unwrap_model)
 from .evaluate import (build_test_sets, evaluate_model, format_eval_block, log_eval_tensorboard,
-                                    read_metrics, append_metrics, truncate_metrics, make_eval_record, mean_map)
+                                    read_metrics, write_metrics, append_metrics, truncate_metrics, make_eval_record,
+                                    mean_map)
 
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'RunStopped', 'NonFiniteLossError', 'Preempted', 'DataReadError', 'DistInfo', 'init_distributed',
@@ -558,7 +559,7 @@ def forget_snapshots(metrics_file, # the run's metrics.json
     recs = read_metrics(metrics_file)
     for r in recs:
         if r.get('checkpoint') in names: r['removed_checkpoint'], r['checkpoint'] = Path(r['checkpoint']).name, None
-    atomic_write(metrics_file, lambda f: f.write(json.dumps(recs, indent=1) + '\n'), binary=False)
+    write_metrics(metrics_file, recs)
 
 def _loop_fields(ctx, progress:EpochProgress|None)->dict:
     st = ctx.state

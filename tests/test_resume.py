@@ -1,7 +1,7 @@
 """Resume and preemption of `m3reid-train` (CPU, tiny synthetic data).
 
 What they pin: resuming reproduces the uninterrupted run bit for bit (per-batch losses, epoch means, weights,
-metrics) after a normal stop and after SIGTERM in the middle of an epoch, with 0 and 2 DataLoader workers, and the
+metrics) after a normal stop and after SIGTERM in the middle of an epoch, with 0, 2 and 4 DataLoader workers, and the
 worker count does not change the batches; SIGTERM ends the run with exit status 75 and one line saying how to
 resume; a run killed with SIGKILL leaves only complete files and `--resume auto` finishes it with one metrics record
 per evaluated epoch; `--resume auto` on an empty folder starts fresh.
@@ -62,7 +62,7 @@ def assert_same_run(a, b):
     for k, v in wa.items(): assert torch.equal(v, wb[k]), k
 
 
-@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('workers', [0, 2, 4])
 def test_resume_after_normal_stop_is_exact(workers, reference, data_root, tmp_path):
     ref_run, ref_out = reference
     common = ['--dataset_dir', data_root, *TINY, '--workers', workers, '--milestones', '1', '--run_dir', tmp_path/'r']
@@ -87,7 +87,7 @@ def _wait_for_line(run, pattern, p, timeout=120):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('workers', [0, 2, 4])
 def test_sigterm_mid_epoch_then_resume_is_exact(workers, reference, data_root, tmp_path):
     ref_run, _ = reference
     run = tmp_path/'r'

@@ -13,15 +13,15 @@ import numpy as np
 import torch
 
 from .engine.checkpoint import resolve_dataset_dir
+from .viz import figure_image, show_figure
 
 # %% auto #0
 __all__ = ['MODES', 'MODE_NAMES', 'MODALITIES', 'QUERY_COLUMNS', 'QUERY_FORMATS', 'PAIR_KINDS', 'PAIR_COLORS', 'MARKERS',
            'run_checkpoint', 'Explorer', 'mode_sides', 'Retrieval', 'Table', 'run_records', 'summary_table',
-           'query_records', 'worst_first', 'query_table', 'plot_query', 'figure_image', 'show_figure', 'pair_distances',
-           'gap_summary', 'tracklet_embeddings', 'modality_gaps', 'gap_table', 'plot_modality_gap', 'project_2d',
-           'identity_colors', 'plot_embeddings', 'embedding_maps', 'camera_r1', 'plot_camera_r1', 'tracklet_clip',
-           'query_attention', 'plot_frame_attention', 'plot_query_attention', 'attention_table', 'query_choices',
-           'explore_widget']
+           'query_records', 'worst_first', 'query_table', 'plot_query', 'pair_distances', 'gap_summary',
+           'tracklet_embeddings', 'modality_gaps', 'gap_table', 'plot_modality_gap', 'project_2d', 'identity_colors',
+           'plot_embeddings', 'embedding_maps', 'camera_r1', 'plot_camera_r1', 'tracklet_clip', 'query_attention',
+           'plot_frame_attention', 'plot_query_attention', 'attention_table', 'query_choices', 'explore_widget']
 
 # %% ../nbs/61_explore.ipynb #784196a7
 def run_checkpoint(path, # a run folder or a checkpoint file
@@ -299,26 +299,6 @@ def plot_query(exp:Explorer, # the explorer
                                 num_frames=num_frames,
                                 title=f"{MODE_NAMES[mode]}, {which} model: query {query} "
                                       f"(AP {float(r.result['ap'][k]):.0%})")
-
-# %% ../nbs/61_explore.ipynb #7e7101cd
-def figure_image(fig, # a matplotlib Figure
-                 dpi:int=80, # resolution
-                 format:str='png', # 'png', or 'jpeg' (quality 85: a third of the size for figures full of frames)
-                )->bytes:
-    "The encoded image of a figure."
-    import io
-    if format not in ('png', 'jpeg'): raise ValueError(f"format must be 'png' or 'jpeg', got {format!r}")
-    buf = io.BytesIO()
-    fig.savefig(buf, format=format, dpi=dpi, **({'pil_kwargs': {'quality': 85}} if format == 'jpeg' else {}))
-    return buf.getvalue()
-
-def show_figure(fig, # a matplotlib Figure
-                dpi:int=80, # resolution
-                format:str='png', # 'png' or 'jpeg'
-               ):
-    "Display a figure in a notebook as the image it saves to."
-    from IPython.display import Image, display
-    display(Image(figure_image(fig, dpi, format), format=format))
 
 # %% ../nbs/61_explore.ipynb #00de9e27
 PAIR_KINDS = ('same identity, other modality', 'other identity, other modality', 'same identity, same modality')

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MODALITY_NAMES', 'MODALITY_COLORS', 'VIEW_NAMES', 'save_figure', 'clip_to_images', 'load_clip', 'TrackletClips',
-           'synthetic_clip', 'network_input', 'plot_clips', 'load_scalars', 'load_metrics', 'plot_curves', 'plot_cmc',
-           'rank_gallery', 'plot_ranked_list', 'attention_maps', 'attention_of', 'plot_attention', 'plot_view_groups',
-           'nonlocal_attention', 'plot_nonlocal_attention', 'plot_architecture', 'plot_loss_terms', 'load_run',
-           'run_data_manager', 'run_test_sets', 'plot_attention_ranking', 'readme_figure']
+__all__ = ['MODALITY_NAMES', 'MODALITY_COLORS', 'VIEW_NAMES', 'save_figure', 'figure_image', 'show_figure', 'clip_to_images',
+           'load_clip', 'TrackletClips', 'synthetic_clip', 'network_input', 'plot_clips', 'load_scalars',
+           'load_metrics', 'plot_curves', 'plot_cmc', 'rank_gallery', 'plot_ranked_list', 'attention_maps',
+           'attention_of', 'plot_attention', 'plot_view_groups', 'nonlocal_attention', 'plot_nonlocal_attention',
+           'plot_architecture', 'plot_loss_terms', 'load_run', 'run_data_manager', 'run_test_sets',
+           'plot_attention_ranking', 'readme_figure']
 
 # %% ../nbs/60_viz.ipynb #a294e389
 def _new_figure(width:float, height:float):
@@ -33,6 +34,27 @@ def save_figure(fig, # a matplotlib Figure
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+# %% ../nbs/60_viz.ipynb #69903fc4
+def figure_image(fig, # a matplotlib Figure
+                 dpi:int=80, # resolution
+                 format:str='png', # 'png', or 'jpeg' (quality 85)
+                )->bytes:
+    "The encoded image of a figure, as a file of that format would hold it."
+    import io
+    if format not in ('png', 'jpeg'): raise ValueError(f"format must be 'png' or 'jpeg', got {format!r}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=format, dpi=dpi, **({'pil_kwargs': {'quality': 85}} if format == 'jpeg' else {}))
+    return buf.getvalue()
+
+def show_figure(fig, # a matplotlib Figure
+                dpi:int=80, # resolution
+                format:str|None=None, # 'png', 'jpeg', or None: JPEG when the figure holds images, PNG otherwise
+               ):
+    "Display a figure in a notebook as the image it saves to."
+    from IPython.display import Image, display
+    if format is None: format = 'jpeg' if any(ax.images for ax in fig.axes) else 'png'
+    display(Image(figure_image(fig, dpi, format), format=format))
 
 # %% ../nbs/60_viz.ipynb #b53a7ffb
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD

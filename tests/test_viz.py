@@ -175,9 +175,9 @@ def test_trained_model_cells(nb, tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv('M3REID_PICTURES_RUN', str(tiny_run))
     monkeypatch.chdir(NBS)
     shown = []
-    def show(fig, dpi=80, fmt='png'):
+    def show_figure(fig, dpi=80, format=None):
         shown.append(viz.save_figure(fig, tmp_path / f'{len(shown)}.png', dpi))
-    ns = {'show': show, '__name__': '__main__'}
+    ns = {'show_figure': show_figure, '__name__': '__main__'}
     for src in cells: exec(compile(src, f'{nb}:notest', 'exec'), ns)
     assert shown, f'{nb}: the trained-model cells drew nothing'
     for p in shown: assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000, p

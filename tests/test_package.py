@@ -155,3 +155,12 @@ def test_workbook_is_self_contained_and_cells_short():
     long = [(Path(f).name, len(''.join(c['source']).splitlines())) for f in glob.glob(str(ROOT/'nbs'/'*.ipynb'))
             for c in json.loads(Path(f).read_text())['cells'] if c['cell_type'] == 'code' and len(''.join(c['source']).splitlines()) > 60]
     assert not long, f'code cells over 60 lines: {long}'
+
+
+def test_every_show_doc_is_shown():
+    "A cell displays only its last value, so a cell with several `show_doc` calls would hide all but one."
+    import glob, re
+    crowded = [(Path(f).name, i) for f in sorted(glob.glob(str(ROOT/'nbs'/'*.ipynb')))
+               for i, c in enumerate(json.loads(Path(f).read_text())['cells'])
+               if c['cell_type'] == 'code' and len(re.findall(r'^show_doc\(', ''.join(c['source']), re.M)) > 1]
+    assert not crowded, f'cells with several show_doc calls (only the last one shows): {crowded}'

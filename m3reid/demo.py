@@ -126,7 +126,7 @@ def run_figures(run_dir:str|Path, # a finished demo (or training) run folder
     paths = {'curves': viz.save_figure(viz.plot_curves(run_dir, title=f'{run_dir.name}: training'), out/'curves.png', dpi)}
     cmc_in = {}
     if records and records[0].get('epoch') == 0: cmc_in['untrained (epoch 0)'] = {m: records[0][m] for m in ('i2v', 'v2i')}
-    cmc_in[f'trained (epoch {exp.epoch})'] = {m: exp.retrieval(m).result for m in ('i2v', 'v2i')}
+    cmc_in[exp.model_name('trained')] = {m: exp.retrieval(m).result for m in ('i2v', 'v2i')}
     paths['cmc'] = viz.save_figure(viz.plot_cmc(cmc_in, title='CMC on the synthetic test set'), out/'cmc.png', dpi)
     for mode in ('i2v', 'v2i'):  # the first query of each mode, as it comes
         q = int(exp.retrieval(mode).query_idx[0])

@@ -40,7 +40,7 @@ def run_checkpoint(path, # a run folder or a checkpoint file
 # %% ../nbs/61_explore.ipynb #75fea730
 class Explorer:
     "A model, its test set and (computed once, on demand) their embeddings and retrieval results."
-    def __init__(self, model:torch.nn.Module, # the trained network (M3ReID or any registered method's)
+    def __init__(self, model:torch.nn.Module, # the network to explore (M3ReID or any registered method's)
                  manager, # the data manager of the test set
                  args:dict, # the run's arguments: dataset, img_h, img_w, seq_len, test_clips, flip_test, seed, ...
                  device='cpu', # where the model runs
@@ -49,12 +49,14 @@ class Explorer:
                  epoch:int|None=None, # the epoch of that checkpoint
                  num_classes:int|None=None, # training identities (default: the classifier's size)
                  batch_size:int=16, # tracklets per forward pass
+                 label:str|None=None, # its name in tables and figures (default: 'trained (epoch N)', else 'model')
                 ):
         from m3reid.engine.evaluate import build_test_sets
         self.model, self.manager, self.args = model.eval(), manager, dict(args)
         self.device, self.batch_size = torch.device(device), batch_size
         self.run_dir = Path(run_dir) if run_dir else None
         self.checkpoint, self.epoch = checkpoint, epoch
+        self.label = label or (f'trained (epoch {epoch})' if epoch else 'model')
         head = getattr(model, 'classifier', None)
         self.num_classes = num_classes or (head.weight.shape[0] if head is not None else None)
         self.dataset = self.args.get('dataset', 'HITSZVCM')  # 'HITSZVCM' | 'BUPTCampus'
@@ -91,18 +93,30 @@ class Explorer:
         return cls(model, dm, args, device, run_dir, info['path'], info['epoch'], info['num_classes'])
 
 # %% ../nbs/61_explore.ipynb #c8f6b842
+def _methods(cls, **fns):
+    "Attach functions written outside the class body as methods of `cls`, under their public names."
+    for name, f in fns.items():
+        f.__name__, f.__qualname__ = name, f'{cls.__name__}.{name}'
+        setattr(cls, name, f)
+
 def _split(self, name:str, # 'query' or 'gallery'
           ): # a test `VideoVIDataset`
     "The test dataset of a split."
     return {'query': self.query_set, 'gallery': self.gallery_set}[name]
 
+def _model_name(self, which:str='trained', # 'trained' (the explorer's model) or 'untrained'
+               )->str:
+    "The name tables and figures give a model: 'untrained', or the explorer's `label`."
+    if which not in ('trained', 'untrained'): raise ValueError(f"which must be 'trained' or 'untrained', got {which!r}")
+    return 'untrained' if which == 'untrained' else self.label
+
 def _repr(self):
     a = self.args
-    return (f"Explorer({a.get('model', 'm3reid')}/{a.get('arch', '?')}, epoch {self.epoch}, "
+    return (f"Explorer({self.label}: {a.get('model', 'm3reid')}/{a.get('arch', '?')}, "
             f"{self.dataset} test set: {len(self.query_set)} query + {len(self.gallery_set)} gallery tracklets, "
             f"{self.img_size[0]}x{self.img_size[1]}, T={self.seq_len})")
 
-Explorer.split, Explorer.__repr__ = _split, _repr
+_methods(Explorer, split=_split, model_name=_model_name, __repr__=_repr)
 
 # %% ../nbs/61_explore.ipynb #5a1a63a0
 def _untrained_model(self)->torch.nn.Module:
@@ -116,9 +130,9 @@ def _untrained_model(self)->torch.nn.Module:
         model, _ = build_model(dict(self.args, pretrained=None), self.num_classes, self.device, verbose=False)
     return model.eval()
 
-def _embeddings(self, which:str='trained', # 'trained' or 'untrained'
+def _embeddings(self, which:str='trained', # 'trained' (the explorer's model) or 'untrained'
                )->dict: # {'query': (feats, pids, cids, mids), 'gallery': (...)}
-    "Embeddings and labels of both test splits under the trained or the untrained model (computed once)."
+    "Embeddings and labels of both test splits under the explorer's model or the untrained one (computed once)."
     from m3reid.engine.evaluate import extract_dataset
     if which not in ('trained', 'untrained'): raise ValueError(f"which must be 'trained' or 'untrained', got {which!r}")
     if which not in self._emb:
@@ -127,7 +141,7 @@ def _embeddings(self, which:str='trained', # 'trained' or 'untrained'
         self._emb[which] = {s: extract_dataset(model, self.split(s), self.device, **kw) for s in ('query', 'gallery')}
     return self._emb[which]
 
-Explorer.untrained_model, Explorer.embeddings = _untrained_model, _embeddings
+_methods(Explorer, untrained_model=_untrained_model, embeddings=_embeddings)
 
 # %% ../nbs/61_explore.ipynb #3a6d971d
 MODES = ('i2v', 'v2i')
@@ -167,7 +181,7 @@ class Retrieval:
 def _retrieval(self, mode:str='i2v', # 'i2v' | 'v2i'
                which:str='trained', # 'trained' | 'untrained'
               )->Retrieval:
-    "One mode's retrieval by the trained (or untrained) model, scored with the run's protocol (computed once)."
+    "One mode's retrieval by the explorer's (or the untrained) model, scored with the run's protocol (computed once)."
     from m3reid.metrics import evaluate_cross_modality, pairwise_distance
     if mode not in MODES: raise ValueError(f"mode must be 'i2v' or 'v2i', got {mode!r}")
     if (mode, which) not in self._ret:
@@ -181,7 +195,7 @@ def _retrieval(self, mode:str='i2v', # 'i2v' | 'v2i'
             self._ret[(m, which)] = Retrieval(m, qs, qi, gs, gi, pairwise_distance(qf, gf), qp, qc, gp, gc, res[m])
     return self._ret[(mode, which)]
 
-Explorer.retrieval = _retrieval
+_methods(Explorer, retrieval=_retrieval)
 
 # %% ../nbs/61_explore.ipynb #dc413b9d
 class Table:
@@ -220,14 +234,14 @@ def run_records(exp:Explorer)->dict: # epoch -> the run's metrics.json record of
     return {r['epoch']: r for r in read_metrics(exp.run_dir/'metrics.json') if r.get('split', 'test') == 'test'}
 
 def summary_table(exp:Explorer)->Table:
-    "R1, R5, mAP and mINP of the untrained and the trained model in both modes, next to the run's record."
+    "R1, R5, mAP and mINP of the untrained and the explorer's model in both modes, next to the run's record."
     from m3reid.metrics import summarize
     recs, rows = run_records(exp), []
     for which, epoch in (('untrained', 0), ('trained', exp.epoch)):
         for mode in MODES:
             s = summarize(exp.retrieval(mode, which).result)
             rec = recs.get(epoch, {}).get(mode, {})
-            rows.append({'model': which if which == 'untrained' else f'trained (epoch {epoch})', 'mode': mode,
+            rows.append({'model': exp.model_name(which), 'mode': mode,
                          'R1': s['r1'], 'R5': s['r5'], 'mAP': s['mAP'], 'mINP': s['mINP'],
                          'recorded mAP': rec.get('mAP')})
     pct = {k: '.1%' for k in ('R1', 'R5', 'mAP', 'mINP', 'recorded mAP')}
@@ -274,7 +288,7 @@ def query_table(exp:Explorer, # the explorer
     res = exp.retrieval(mode, which).result
     split = exp.retrieval(mode, which).query_split
     worst = f"; the {limit} worst" if limit and sort == 'worst' else ''
-    cap = (f"{MODE_NAMES[mode]}, {which} model: {len(recs)} queries ({res['num_valid']} with a match), "
+    cap = (f"{MODE_NAMES[mode]}, {exp.model_name(which)}: {len(recs)} queries ({res['num_valid']} with a match), "
            f"mAP {res['mAP']:.1%}, R1 {float(res['cmc'][0]):.1%}{worst}; query = tracklet index in the {split} split")
     return Table(rows[:limit] if limit else rows, QUERY_COLUMNS, QUERY_FORMATS, cap)
 
@@ -297,7 +311,7 @@ def plot_query(exp:Explorer, # the explorer
     return viz.plot_ranked_list(viz.load_clip(qs.tracks[query], num_frames), viz.TrackletClips(gtracks, num_frames),
                                 r.dist[k], int(r.q_pids[k]), int(r.q_cids[k]), r.g_pids, r.g_cids, topk=topk,
                                 num_frames=num_frames,
-                                title=f"{MODE_NAMES[mode]}, {which} model: query {query} "
+                                title=f"{MODE_NAMES[mode]}, {exp.model_name(which)}: query {query} "
                                       f"(AP {float(r.result['ap'][k]):.0%})")
 
 # %% ../nbs/61_explore.ipynb #00de9e27
@@ -340,12 +354,12 @@ def tracklet_embeddings(exp:Explorer, # the explorer
 # %% ../nbs/61_explore.ipynb #cf2b787f
 def modality_gaps(exp:Explorer, # the explorer
                   models=('untrained', 'trained'), # which models
-                 )->dict: # model -> `pair_distances` of all test tracklets (same-camera pairs left out)
+                 )->dict: # model name (`Explorer.model_name`) -> `pair_distances` of all test tracklets (same-camera pairs left out)
     "The pair distances of the test set under each model."
     out = {}
     for which in models:
         f, p, c, m = tracklet_embeddings(exp, which)
-        out[which] = pair_distances(f, p, m, c)
+        out[exp.model_name(which)] = pair_distances(f, p, m, c)
     return out
 
 # %% ../nbs/61_explore.ipynb #b4fb4363
@@ -369,7 +383,8 @@ def plot_modality_gap(gaps:dict, # label (e.g. 'untrained', 'trained') -> `pair_
                       bins:int=40, # histogram bins per panel
                      ): # a matplotlib Figure
     "Histograms of cross-modality distances, same identity against different ones, a panel per model."
-    fig = _figure(4.3 * len(gaps), 3.0)
+    from matplotlib.lines import Line2D
+    fig = _figure(4.3 * len(gaps), 3.3)
     axs = np.atleast_1d(fig.subplots(1, len(gaps)))
     for ax, (label, pairs) in zip(axs, gaps.items()):
         vals = [v for v in pairs.values() if len(v)]
@@ -378,11 +393,15 @@ def plot_modality_gap(gaps:dict, # label (e.g. 'untrained', 'trained') -> `pair_
         edges = np.linspace(lo, hi + 1e-9, bins + 1)
         for (k, v), c in zip(pairs.items(), PAIR_COLORS):
             if len(v): ax.hist(v, bins=edges, density=True, histtype='step', lw=1.6, color=c,
-                               ls='--' if k == PAIR_KINDS[2] else '-', label=f'{k} ({len(v)})')
+                               ls='--' if k == PAIR_KINDS[2] else '-')
         s = gap_summary(pairs)
         ax.set(title=f"{label}: AUC {s['AUC']:.2f}, gap {s['gap']:+.3f}", xlabel='cosine distance', yticks=[])
         ax.grid(alpha=0.3)
-    axs[0].set_ylabel('density'); axs[-1].legend(fontsize=7, loc='upper left')
+    axs[0].set_ylabel('density')
+    counts = {k: {len(p[k]) for p in gaps.values()} for k in PAIR_KINDS}  # pairs per kind: named when equal in all panels
+    handles = [Line2D([], [], color=c, lw=1.6, ls='--' if k == PAIR_KINDS[2] else '-',
+                      label=f'{k} ({n.pop()})' if len(n) == 1 else k) for (k, n), c in zip(counts.items(), PAIR_COLORS)]
+    fig.legend(handles=handles, loc='outside lower center', ncol=3 if len(gaps) > 1 else 1, fontsize=7, frameon=False)
     return fig
 
 # %% ../nbs/61_explore.ipynb #3b9de058
@@ -420,7 +439,7 @@ def plot_embeddings(embs:dict, # row label -> (feats, pids, mids)
     "2-D maps of embeddings: colour = identity, marker = modality (triangle infrared, circle visible)."
     from matplotlib.lines import Line2D
     names = {'pca': 'PCA', 'tsne': 't-SNE (cosine)'}
-    fig = _figure(3.6 * len(methods) + 0.4, 3.4 * len(embs))
+    fig = _figure(3.6 * len(methods) + 0.4, 3.4 * len(embs) + 0.25)
     axs = np.asarray(fig.subplots(len(embs), len(methods), squeeze=False))
     for row, (label, (feats, pids, mids)) in zip(axs, embs.items()):
         pids, mids = np.asarray(pids), np.asarray(mids)
@@ -435,7 +454,7 @@ def plot_embeddings(embs:dict, # row label -> (feats, pids, mids)
             ax.set(title=f'{label}: {names[method]}', xticks=[], yticks=[])
     handles = [Line2D([], [], ls='', marker=mk, color='0.6', mec='k', mew=0.4, label=MODALITIES[mod])
                for mod, mk in MARKERS.items()]
-    axs[0, -1].legend(handles=handles, fontsize=7, loc='best')
+    fig.legend(handles=handles, loc='outside lower center', ncol=2, fontsize=8, frameon=False)  # outside: hides no point
     return fig
 
 # %% ../nbs/61_explore.ipynb #53670d32
@@ -448,7 +467,7 @@ def embedding_maps(exp:Explorer, # the explorer
     embs = {}
     for which in models:
         f, p, c, m = tracklet_embeddings(exp, which)
-        embs[which] = (f, p, m)
+        embs[exp.model_name(which)] = (f, p, m)
     return plot_embeddings(embs, methods, max_ids)
 
 # %% ../nbs/61_explore.ipynb #4bd6f7b8
@@ -492,6 +511,7 @@ def plot_camera_r1(exp:Explorer, # the explorer
         ax.set(xticks=range(len(gc)), xticklabels=gc, yticks=range(len(qc)), yticklabels=qc, title=MODE_NAMES[mode],
                xlabel=f'gallery camera ({gm})', ylabel=f'query camera ({qm})')
     fig.colorbar(im, ax=axs.tolist(), shrink=0.8, label='rank-1')
+    fig.suptitle(f'rank-1 camera by camera, {exp.model_name(which)}', fontsize=10)
     return fig
 
 # %% ../nbs/61_explore.ipynb #0be5444d
@@ -626,4 +646,6 @@ def explore_widget(exp:Explorer, # the explorer
         query.options = query_choices(exp, mode.value); query.value = None
         for o in (out_rank, out_att): o.clear_output()
     mode.observe(new_mode, 'value'); query.observe(draw, 'value'); frame.observe(draw, 'value')
-    return W.VBox([W.HBox([mode, query]), hint, out_rank, W.HBox([play, frame]), out_att])
+    class QueryBrowser(W.VBox):  # its text form is what a page without a kernel shows in place of the controls
+        def __repr__(self): return 'query browser (ipywidgets): it needs a live Python kernel, run this cell in JupyterLab'
+    return QueryBrowser([W.HBox([mode, query]), hint, out_rank, W.HBox([play, frame]), out_att])

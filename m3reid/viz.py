@@ -204,33 +204,41 @@ def _eval_series(run_dir, scalars):
             elif f'eval/{mode}_{key}' in scalars: out[(mode, key)] = scalars[f'eval/{mode}_{key}']
     return out
 
+def _legend_below(ax, ncol:int=2, handles=None, drop:float=0.45):
+    "A legend of `handles` (default: the labelled lines) `drop` inches under `ax`, below its x label: it hides no data."
+    from matplotlib.transforms import ScaledTranslation
+    anchor = ax.transAxes + ScaledTranslation(0, -drop, ax.get_figure().dpi_scale_trans)
+    return ax.legend(**({} if handles is None else dict(handles=handles)), loc='upper center', bbox_to_anchor=(0.5, 0),
+                     bbox_transform=anchor, ncol=ncol, fontsize=8, frameon=False, columnspacing=1.2, handlelength=1.8)
+
 def plot_curves(run_dir:str|Path, # a run folder (tensorboard/ and/or metrics.json)
                 title:str|None=None, # figure title (default: the folder's name)
                ): # a matplotlib Figure
     "Loss parts, accuracy and learning rate per step, and R1/mAP of both modes per epoch."
     run_dir = Path(run_dir)
     scalars = load_scalars(run_dir) if run_dir.exists() else {}
-    fig = _new_figure(11, 3.2)
+    fig = _new_figure(11, 3.6)
     axs = fig.subplots(1, 3)
     losses = {t: v for t, v in scalars.items() if t.startswith('metric/loss_')}
     for t, (s, v) in sorted(losses.items()):
         axs[0].plot(s, np.maximum(np.asarray(v, dtype=float), 1e-6), label=t.split('metric/loss_')[1], lw=1.2)
-    if losses: axs[0].set_yscale('log'); axs[0].legend(fontsize=8, ncol=2)
+    if losses: axs[0].set_yscale('log'); _legend_below(axs[0], ncol=4)
     axs[0].set(title='training losses', xlabel='step')
     if 'metric/cls_acc' in scalars:
         axs[1].plot(*scalars['metric/cls_acc'], color='tab:green', label='cls acc')
     axs[1].set(title='classification accuracy', xlabel='step', ylim=(-0.02, 1.02))
     lr_tags = [t for t in scalars if t.split('/')[-1] == 'lr']
     if lr_tags:
-        ax2 = axs[1].twinx(); ax2.plot(*scalars[lr_tags[0]], color='tab:gray', ls=':', label='lr')
+        ax2 = axs[1].twinx(); ax2.plot(*scalars[lr_tags[0]], color='tab:gray', ls=':', label='learning rate')
         ax2.set_ylim(0, 1.15 * max(scalars[lr_tags[0]][1]) or 1)
         ax2.set_ylabel('learning rate', color='tab:gray'); ax2.tick_params(labelsize=7)
         ax2.ticklabel_format(axis='y', style='sci', scilimits=(0, 0)); ax2.yaxis.get_offset_text().set_fontsize(7)
+    if axs[1].lines: _legend_below(axs[1], handles=axs[1].lines + (ax2.lines if lr_tags else []))
     ev = _eval_series(run_dir, scalars)
     colors = {'r1': 'tab:blue', 'mAP': 'tab:red'}
     for (mode, key), (e, v) in ev.items():
         axs[2].plot(e, v, marker='o', ms=3, color=colors[key], ls='-' if mode == 'i2v' else '--', label=f'{mode} {key}')
-    if ev: axs[2].legend(fontsize=8)
+    if ev: _legend_below(axs[2], ncol=4)
     axs[2].set(title='evaluation', xlabel='epoch', ylim=(-0.02, 1.02))
     from matplotlib.ticker import MaxNLocator
     axs[2].xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -256,7 +264,7 @@ def plot_cmc(results:dict, # {'i2v': res, 'v2i': res} or {label: {'i2v': res, 'v
             ): # a matplotlib Figure
     "CMC curves of both cross-modality modes, for one or several evaluations."
     if set(results) <= {'i2v', 'v2i'}: results = {'': results}
-    fig = _new_figure(8, 3.2)
+    fig = _new_figure(8, 3.3 + 0.17 * len(results))
     axs = fig.subplots(1, 2, sharey=True)
     names = {'i2v': 'infrared → visible (i2v)', 'v2i': 'visible → infrared (v2i)'}
     for ax, mode in zip(axs, ('i2v', 'v2i')):
@@ -270,7 +278,7 @@ def plot_cmc(results:dict, # {'i2v': res, 'v2i': res} or {label: {'i2v': res, 'v
         ax.set(title=names[mode], xlabel='rank', xlim=(0.5, max_rank + 0.5), ylim=(-0.02, 1.02))
         ax.set_xticks([1, 5, 10, 15, 20] if max_rank == 20 else np.linspace(1, max_rank, min(max_rank, 6)).round())
         ax.grid(alpha=0.3)
-        if any(l.get_label()[:1] != '_' for l in ax.lines): ax.legend(fontsize=8, loc='lower right')
+        if any(l.get_label()[:1] != '_' for l in ax.lines): _legend_below(ax, ncol=1)
     axs[0].set_ylabel('matching rate')
     if title: fig.suptitle(title, fontsize=10)
     return fig
@@ -570,8 +578,8 @@ def _draw_backbone(fig, ax, rows, clips):
         ax.text(6.5, y0 - 5, lab, ha='center', fontsize=8)
     ax.text(7, 22, 'input clip\n' + rows['input']['shape'], ha='center', va='top', fontsize=7.5, family='monospace')
     ax.text(7, 16, 'either modality,\none shared backbone', ha='center', va='top', fontsize=7.5, color=_M_EDGE['mod'], style='italic')
-    y, bw, bh = 58, 15, 10
-    xs = {'stem': 24, 'layer1': 42, 'layer2': 62, 'layer3': 88, 'layer4': 112}
+    y, bw, bh = 58, 16.5, 10
+    xs = {'stem': 24, 'layer1': 43, 'layer2': 62, 'layer3': 88, 'layer4': 112}
     _arrow(ax, (13, 50), (xs['stem'] - bw / 2, y))
     for k, x in xs.items(): _box(ax, x, y, bw, bh, k, rows[k]['shape'] + '\n' + P(k), _M_FILL['backbone'])
     for a, b in zip(list(xs)[:-1], list(xs)[1:]): _arrow(ax, (xs[a] + bw / 2, y), (xs[b] - bw / 2, y))
@@ -584,7 +592,7 @@ def _draw_backbone(fig, ax, rows, clips):
     ax.text(68, 65.5, 'ResNet stages with 3-D non-local blocks (attention over all positions of all T frames)',
             ha='center', fontsize=8.5, color='#333333')
     _arrow(ax, (112, y - bh / 2), (112, 38), style='-')
-    ax.text(111, 42, 'viewed as\n[B, T, C, h, w]', fontsize=8, family='monospace', va='center', ha='right')
+    ax.text(110.3, 42, 'viewed as\n[B, T, C, h, w]', fontsize=7.5, family='monospace', va='center', ha='right')
 
 # %% ../nbs/60_viz.ipynb #d5cae43a
 def _draw_mvl(ax, rows):
@@ -653,18 +661,24 @@ def _mma_parts(emb, pids, mids):
     return d, pos, dp, dn, (pos.sum(1) > 0) & (neg.sum(1) > 0)
 
 def _panel_batch(ax, clips, order, pids, mids, mean=None, std=None):
-    "Frame 0 of each clip in a grid, labelled with its identity on its modality's colour."
+    "Frame 0 of each clip, one row per modality (clips in `order`), each labelled with its identity above it."
     imgs = [clip_to_images(clips[i], mean, std)[0] for i in order]
-    (H, W), cols, pad = imgs[0].shape[:2], int(np.ceil(len(imgs) ** 0.5)), 2
-    rows = -(-len(imgs) // cols)
-    canvas = np.ones((rows * (H + pad), cols * (W + pad), 3), dtype=np.float32)
+    (H, W), pad, lab = imgs[0].shape[:2], 2, imgs[0].shape[0] // 4     # lab: room for the labels above a row
+    mods = [int(mids[i]) for i in order]
+    rows = list(dict.fromkeys(mods))                                  # one row per modality, in order of appearance
+    cols = max(mods.count(m) for m in rows)
+    canvas = np.ones((len(rows) * (lab + H + pad), cols * (W + pad), 3), dtype=np.float32)
+    col = dict.fromkeys(rows, 0)
     for k, im in enumerate(imgs):
-        r, c = divmod(k, cols)
-        canvas[r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = im
-        ax.text(c * (W + pad) + W / 2, r * (H + pad) + H - 2, f"id {int(pids[order[k]])}", ha='center', va='bottom', fontsize=7,
-                color='white', bbox=dict(boxstyle='square,pad=0.1', fc=MODALITY_COLORS[int(mids[order[k]])], ec='none'))
-    ax.imshow(canvas); ax.set_xticks([]); ax.set_yticks([])
-    ax.set_title('the batch (frame 0): infrared (red), visible (blue)')
+        r, c = rows.index(mods[k]), col[mods[k]]; col[mods[k]] += 1
+        y0, x0 = r * (lab + H + pad) + lab, c * (W + pad)
+        canvas[y0:y0 + H, x0:x0 + W] = im
+        ax.text(x0 + W / 2, y0 - 1, f"id {int(pids[order[k]])}", ha='center', va='bottom', fontsize=7.5,
+                color=MODALITY_COLORS[mods[k]])
+    ax.imshow(canvas); ax.set_xticks([])
+    ax.set_yticks([r * (lab + H + pad) + lab + H / 2 for r in range(len(rows))], [MODALITY_NAMES[m] for m in rows])
+    for s in ax.spines.values(): s.set_visible(False)
+    ax.set_title('the batch (frame 0 of each clip) and its identities')
 
 def _panel_id(fig, ax, f, pids, o):
     "Softmax of the video logits with the true identities circled; titled with both CE terms."
@@ -675,7 +689,7 @@ def _panel_id(fig, ax, f, pids, o):
     ax.scatter(pids[o].numpy(), np.arange(B), s=18, facecolors='none', edgecolors='tab:red', lw=1.2, label='true identity')
     ax.set(title=f'L_ID = {l_v:.2f} (video) + {l_f:.2f} (frames)\nsoftmax of the video logits', xlabel='identity (class)', ylabel='clip')
     if f['video_logits'].shape[1] <= 12: ax.set_xticks(range(f['video_logits'].shape[1]))
-    ax.legend(fontsize=7, loc='lower right')
+    _legend_below(ax)  # under the panel: hides no cell or point
     fig.colorbar(im, ax=ax, shrink=0.85, pad=0.01)
 
 # %% ../nbs/60_viz.ipynb #df45e464
@@ -707,7 +721,7 @@ def _panel_mma_queries(ax, f, pids, mids):
     ax.text(lo + 0.04 * (hi - lo), hi - 0.08 * (hi - lo), 'aligned: D- > D+', fontsize=7.5, color='gray')
     ax.set(title='MMA per video query: softplus(D+ - D-)', xlabel='mean distance to positives D+',
            ylabel='mean distance to negatives D-')
-    ax.legend(fontsize=7, loc='lower right')
+    _legend_below(ax)  # under the panel: hides no cell or point
 
 # %% ../nbs/60_viz.ipynb #f911dbe9
 def _panel_ofr(fig, ax, f, clip):

@@ -37,6 +37,7 @@ E.show_figure = lambda fig, dpi=80: drawn.append(len(fig.axes))  # the widget dr
 w = explore_widget(exp, frames=3, topk=3)
 (mode_w, query_w), (play_w, frame_w) = w.children[0].children, w.children[3].children
 assert query_w.value is None and not drawn  # nothing drawn before a pick
+assert repr(w).startswith('query browser') and 'live Python kernel' in repr(w)  # what a page without a kernel shows
 query_w.value = query_w.options[0][1]
 assert len(drawn) == 2 and drawn[1] == (1 + 3 * 2) * 3 + 1  # the ranked list; 3 frames x (clip + 3 views x 2 heads) + colour bar
 frame_w.value = 2

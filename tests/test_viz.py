@@ -16,6 +16,17 @@ def _check_png(fig, path):
     assert data[:8] == PNG and len(data) > 2000, f'{p} is not a real PNG ({len(data)} bytes)'
 
 
+def _legends_outside(fig):
+    "Every legend lies below the axes' data area: it hides no curve."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig); canvas.draw()
+    r = canvas.get_renderer()
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            assert ax.get_legend().get_window_extent(r).y1 <= ax.get_window_extent(r).y0, ax.get_title()
+    return True
+
+
 def _record(epoch, s):
     m = dict(r1=0.1 * s, r5=0.2 * s, r10=0.3 * s, r20=0.4 * s, mAP=0.05 * s, mINP=0.02 * s)
     return {'epoch': epoch, 'i2v': m, 'v2i': dict(m)}
@@ -40,6 +51,7 @@ def test_curves(run_dir, tmp_path):
     assert [r['epoch'] for r in viz.load_metrics(run_dir)] == [0, 1]
     fig = viz.plot_curves(run_dir)
     assert len(fig.axes[0].lines) == 4 and len(fig.axes[2].lines) == 4
+    assert [ax.get_legend() is not None for ax in fig.axes[:3]] == [True] * 3 and _legends_outside(fig)
     _check_png(fig, tmp_path / 'out' / 'curves.png')
 
 
@@ -52,7 +64,7 @@ def test_cmc(tmp_path):
     full = {'cmc': torch.linspace(0.3, 1.0, 20), 'mAP': 0.3}
     fig = viz.plot_cmc({'epoch 0': {'i2v': _record(0, 1)['i2v'], 'v2i': _record(0, 1)['v2i']},
                         'trained': {'i2v': full, 'v2i': full}})
-    assert [len(ax.lines) for ax in fig.axes] == [2, 2]
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2] and _legends_outside(fig)
     _check_png(fig, tmp_path / 'cmc.png')
 
 

@@ -65,8 +65,8 @@ def init_distributed(use_cuda:bool, # the run trains on CUDA (NCCL) rather than 
     world = int(os.environ.get('WORLD_SIZE', '1'))
     rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
     if dist.is_initialized(): return DistInfo(rank, world, local_rank, dist.get_backend(), True)
-    # torchrun's agent keeps one store across restarts: without a per-attempt prefix, restarted workers can read the
-    # dead workers' addresses (seen with gloo: "connectFullMesh failed ... Connection refused")
+    # torchrun's agent keeps one store across restarts: a per-attempt prefix keeps restarted workers from reading the
+    # addresses of the workers of an earlier attempt
     store, _, _ = next(dist.rendezvous('env://'))
     store = dist.PrefixStore(f"m3reid/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
     if use_cuda:

@@ -44,7 +44,8 @@ def build_train_parser()->argparse.ArgumentParser:
         g = groups.get(m['group']) or groups.setdefault(m['group'], p.add_argument_group(m['group']))
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         help_ = argparse.SUPPRESS if m['hidden'] else m['help']
-        if m['kind'] == 'flag': g.add_argument(f'--{f.name}', action='store_true', help=help_); continue
+        if m['kind'] == 'flag':                                    # --fp16 / --no-fp16: a config file's true can be undone
+            g.add_argument(f'--{f.name}', action=argparse.BooleanOptionalAction, default=False, help=help_); continue
         kw = dict(default=default, help=help_, type=_TYPES[m['kind']])
         if m['choices']: kw['choices'] = m['choices']
         if m['kind'] == 'pos_int_list': kw['nargs'] = '+'
@@ -62,7 +63,7 @@ def parse_train_args(argv:list|None=None, # command-line arguments (None: sys.ar
         parser.set_defaults(**dataclasses.asdict(file_cfg))
     ns = vars(parser.parse_args(argv))
     ns.pop('config')
-    return check_config(config_from_dict(ns, source='m3reid-train', check=False))
+    return check_config(config_from_dict(ns, source=None, check=False))
 
 def train(argv:list|None=None, # command-line arguments (None: sys.argv[1:])
          ):
@@ -106,7 +107,7 @@ def build_test_parser()->argparse.ArgumentParser:
                    "stop naming it, or use the nearest readable frame of the tracklet (default error)")
     g.add_argument('--seed', type=_int, default=None, help='recorded in metrics.json (default: checkpoint, else 0)')
     g = p.add_argument_group('re-ranking and saved features')
-    g.add_argument('--rerank', action='store_true', help='score k-reciprocal re-ranked distances')
+    g.add_argument('--rerank', action='store_true', help='also score k-reciprocal re-ranked distances')
     g.add_argument('--k1', type=_int, default=20, help='re-ranking: k-reciprocal neighbourhood size (default 20)')
     g.add_argument('--k2', type=_int, default=6, help='re-ranking: query-expansion neighbourhood size (default 6)')
     g.add_argument('--lambda_value', type=_float, default=0.3, help='re-ranking: weight of the original distance (default 0.3)')

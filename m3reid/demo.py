@@ -108,8 +108,8 @@ def rerank_table(features, # from `test_features`
                 )->str: # the table, values in %
     "R1, R5, mAP and mINP of both modes without and with k-reciprocal re-ranking (default settings)."
     from m3reid.features import evaluate_features
-    plain, rr = evaluate_features(features), evaluate_features(features, rerank=True)
-    return before_after_table(plain, rr, labels=('trained', 're-ranked', 'change (points)'))
+    res = evaluate_features(features, rerank=True)
+    return before_after_table(res, res['reranked'], labels=('trained', 're-ranked', 'change (points)'))
 
 # %% ../nbs/80_demo.ipynb #4aee309c
 def run_figures(run_dir:str|Path, # a finished demo (or training) run folder

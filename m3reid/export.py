@@ -13,8 +13,8 @@ import torch
 from .utils import UsageError
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'export_onnx', 'onnx_embed', 'check_onnx', 'build_export_parser', 'run_export',
-           'main']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'export_onnx', 'onnx_embed', 'check_onnx', 'ParityError', 'verify_export',
+           'build_export_parser', 'run_export', 'main']
 
 # %% ../nbs/46_export.ipynb #18c04f68
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -36,6 +36,7 @@ def export_onnx(model:torch.nn.Module, # returns [B, D] embeddings in eval mode
                )->Path: # the file written
     "Export the evaluation network to ONNX: `clips` [B, T, 3, H, W] -> `embeddings` [B, D], dynamic B and T."
     onnx, _ = _need('onnx', 'onnxscript')
+    from onnxscript import optimizer
     model = model.eval()
     example = torch.randn(2, seq_len, 3, img_h, img_w)
     dims = {0: torch.export.Dim('batch', min=1), 1: torch.export.Dim('frames', min=1)}
@@ -44,7 +45,10 @@ def export_onnx(model:torch.nn.Module, # returns [B, D] embeddings in eval mode
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')
         prog = torch.onnx.export(model, (example,), dynamic_shapes=(dims,), input_names=['clips'],
-                                 output_names=['embeddings'], opset_version=opset, dynamo=True, verbose=False)
+                                 output_names=['embeddings'], opset_version=opset, dynamo=True, verbose=False,
+                                 optimize=False) # its rewrites delete `+ c` for |c| < 1e-8: GeM's + 1e-12
+    optimizer.fold_constants(prog.model)
+    optimizer.remove_unused_nodes(prog.model)
     proto = prog.model_proto
     with torch.no_grad(): dim = int(model(example[:1]).shape[1])
     props = {'m3reid.img_h': img_h, 'm3reid.img_w': img_w, 'm3reid.seq_len': seq_len, 'm3reid.embedding_dim': dim,
@@ -87,6 +91,26 @@ def check_onnx(path, # an exported .onnx file
     return worst
 
 # %% ../nbs/46_export.ipynb #98511e89
+class ParityError(RuntimeError):
+    "The exported model's embeddings differ from PyTorch's by more than the tolerance."
+    exit_code = 1
+
+def verify_export(path, # an exported .onnx file
+                  model:torch.nn.Module, # the PyTorch model it came from
+                  img_h:int, img_w:int, seq_len:int, # input size and frames per clip
+                  tolerance:float=1e-4, # largest accepted absolute difference of the embeddings
+                 )->float|None: # the largest difference; None when onnxruntime is not installed
+    "Check an export against PyTorch on CPU and raise `ParityError` above `tolerance`."
+    import importlib.util
+    if importlib.util.find_spec('onnxruntime') is None:
+        print(f'm3reid-export: onnxruntime is not installed: {path} was not checked against PyTorch'); return None
+    d = check_onnx(path, model, img_h, img_w, ((1, 1), (2, seq_len)))
+    if not d <= tolerance:
+        raise ParityError(f'onnxruntime vs PyTorch on CPU: max |difference| {d:.1e} > tolerance {tolerance:.0e}: '
+                          f'the exported graph does not compute what the model does ({path} kept for inspection)')
+    print(f"m3reid-export: onnxruntime vs PyTorch on CPU: max |difference| {d:.1e} (tolerance {tolerance:.0e})")
+    return d
+
 def build_export_parser()->argparse.ArgumentParser:
     "The `m3reid-export` argument parser."
     p = argparse.ArgumentParser(prog='m3reid-export', description='Export the evaluation network of a checkpoint to ONNX: '
@@ -96,9 +120,11 @@ def build_export_parser()->argparse.ArgumentParser:
     for name, help in (('img_h', 'input height'), ('img_w', 'input width'), ('seq_len', 'frames per clip of the example input')):
         p.add_argument(f'--{name}', type=int, default=None, help=f"{help} (default: the checkpoint's)")
     p.add_argument('--opset', type=int, default=18, help='ONNX opset (default 18)')
+    p.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted |ONNX - PyTorch| (default 1e-4)')
     p.add_argument('--no_check', action='store_true', help='skip the onnxruntime comparison with PyTorch')
     return p
 
+# %% ../nbs/46_export.ipynb #c3f1a2e0
 def run_export(args:argparse.Namespace, # from `build_export_parser`
               )->dict: # {'path', 'max_abs_diff' (None when not checked), 'seconds'}
     "Export the checkpoint `args.resume` and check the result."
@@ -110,6 +136,8 @@ def run_export(args:argparse.Namespace, # from `build_export_parser`
     for k, v in dict(img_h=288, img_w=144, seq_len=6).items():
         if getattr(args, k) is None: setattr(args, k, stored.get(k, v))
         if getattr(args, k) < 1: raise UsageError(f'--{k} {getattr(args, k)}: expected an integer >= 1')
+    tolerance = getattr(args, 'tolerance', 1e-4)
+    if not tolerance >= 0: raise UsageError(f'--tolerance {tolerance}: expected a number >= 0')
     t0 = time.time()
     path = export_onnx(model, args.output, args.img_h, args.img_w, args.seq_len, args.opset,
                        {'checkpoint': str(Path(args.resume).resolve()), 'epoch': info.get('epoch'),
@@ -118,11 +146,7 @@ def run_export(args:argparse.Namespace, # from `build_export_parser`
     print(f"m3reid-export: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {out['seconds']:.1f}s: clips "
           f"[B, T, 3, {args.img_h}, {args.img_w}] -> embeddings [B, D]")
     if not args.no_check:
-        import importlib.util
-        if importlib.util.find_spec('onnxruntime') is None: print('m3reid-export: onnxruntime not installed: not checked')
-        else:
-            out['max_abs_diff'] = check_onnx(path, model, args.img_h, args.img_w, ((1, 1), (2, args.seq_len)))
-            print(f"m3reid-export: onnxruntime vs PyTorch on CPU: max |difference| {out['max_abs_diff']:.1e}")
+        out['max_abs_diff'] = verify_export(path, model, args.img_h, args.img_w, args.seq_len, tolerance)
     return out
 
 def main(argv:list|None=None, # command-line arguments (None: sys.argv[1:])

@@ -5,18 +5,18 @@
 # %% ../nbs/45_features.ipynb #179c0df9
 from __future__ import annotations
 
-import argparse, json, os, time, types
+import argparse, json, os, re, time, types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .utils import UsageError, atomic_write
+from .utils import CheckpointError, UsageError, atomic_write
 
 # %% auto #0
-__all__ = ['FEATURES_FORMAT', 'SPLITS', 'IMAGE_SUFFIXES', 'FeatureSet', 'save_features', 'load_features', 'folder_tracklets',
-           'guess_modality', 'tracklet_dataset', 'extract_to_file', 'evaluate_features', 'build_extract_parser',
-           'load_model', 'run_extract', 'main']
+__all__ = ['FEATURES_FORMAT', 'SPLITS', 'IMAGE_SUFFIXES', 'FeatureSet', 'save_features', 'load_features', 'natural_key',
+           'folder_tracklets', 'guess_modality', 'tracklet_dataset', 'extract_to_file', 'evaluate_features',
+           'build_extract_parser', 'load_model', 'run_extract', 'main']
 
 # %% ../nbs/45_features.ipynb #dcfc687b
 FEATURES_FORMAT = 'm3reid-features-v1'
@@ -81,19 +81,26 @@ def load_features(path, # a file written by `save_features`
     tracklets = [[str(base / p) for p in tr] for tr in json.loads(bytes(t['tracklets'].tolist()).decode())]
     return FeatureSet(t['feats'], t['pids'], t['cids'], t['mids'], t['split'], tracklets, meta)
 
+# %% ../nbs/45_features.ipynb #7a38733f
+def natural_key(name:str, # a file or folder name
+               )->tuple: # sorts names with their digit runs compared as numbers, then as text
+    "Sort key for natural order: `2.jpg` before `10.jpg`."
+    parts = re.split(r'(\d+)', str(name))
+    return tuple(int(p) if k % 2 else p for k, p in enumerate(parts)), str(name)
+
 # %% ../nbs/45_features.ipynb #e1177570
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 _MODALITY_WORDS = {1: ('ir', 'infrared', 'thermal', 'nir'), 2: ('rgb', 'visible', 'vis')}
 
 def folder_tracklets(path, # a folder of frames, or a tree of such folders
-                    )->list: # [[frame paths of one folder, sorted], ...], folders in sorted order
+                    )->list: # [[frame paths of one folder], ...], frames and folders in natural order
     "Every folder under `path` that directly holds image files, as a tracklet."
     path = Path(path)
     if not path.is_dir(): raise UsageError(f'{path}: no such folder')
     out = []
-    for d, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        frames = sorted(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+    for d, dirs, files in os.walk(path):
+        dirs.sort(key=natural_key)   # os.walk then visits them in this order, depth first
+        frames = sorted((f for f in files if f.lower().endswith(IMAGE_SUFFIXES)), key=natural_key)
         if frames: out.append([str(Path(d) / f) for f in frames])
     if not out: raise UsageError(f'{path}: no image files ({", ".join(IMAGE_SUFFIXES)}) in it or below it')
     return out
@@ -155,10 +162,9 @@ def evaluate_features(source, # a features file, or a FeatureSet
                       rerank:dict|bool|None=None, # k-reciprocal re-ranking: None, True (defaults) or {k1, k2, lambda_value}
                       dataset:str|None=None, # protocol's dataset (default: the one recorded in the file)
                       device='cpu', # where distances are computed
-                     )->dict: # {'i2v': {...}, 'v2i': {...}, 'time_extract': 0.0, 'time_metric': s, 'rerank': settings}
+                     )->dict: # {'i2v', 'v2i', ['reranked'], 'time_extract': 0.0, 'time_metric': s, 'rerank': settings}
     "Score saved query and gallery features as `evaluate_model` does, without the model."
-    from m3reid.engine.evaluate import _mode_summary
-    from m3reid.metrics import evaluate_cross_modality
+    from m3reid.engine.evaluate import score_modes
     from m3reid.rerank import rerank_settings
     fs = source if isinstance(source, FeatureSet) else load_features(source)
     name = 'features' if isinstance(source, FeatureSet) else str(source)
@@ -168,11 +174,10 @@ def evaluate_features(source, # a features file, or a FeatureSet
     if not len(q) or not len(g):
         raise UsageError(f"{name}: needs query and gallery features (a dataset's test splits), has {len(q)} and {len(g)}")
     rr, t0 = rerank_settings(rerank), time.time()
-    try: res = evaluate_cross_modality(dataset, q.feats.to(device), g.feats.to(device), q.pids, g.pids, q.cids, g.cids,
-                                       q.mids, g.mids, protocol=protocol, rerank=rr)
+    try: res = score_modes(dataset, (q.feats.to(device), q.pids, q.cids, q.mids),
+                           (g.feats.to(device), g.pids, g.cids, g.mids), protocol, rr)
     except ValueError as e: raise UsageError(f'{name}: {e}') from None
-    return {'i2v': _mode_summary(res['i2v']), 'v2i': _mode_summary(res['v2i']), 'time_extract': 0.0,
-            'time_metric': time.time() - t0, 'rerank': rr}
+    return {**res, 'time_extract': 0.0, 'time_metric': time.time() - t0, 'rerank': rr}
 
 # %% ../nbs/45_features.ipynb #aa97254b
 _EXTRACT_DEFAULTS = dict(dataset='HITSZVCM', dataset_dir='../Datasets/HITSZ-VCM', img_h=288, img_w=144, seq_len=6)
@@ -199,14 +204,37 @@ def build_extract_parser()->argparse.ArgumentParser:
     p.add_argument('--bad_frames', default='error', choices=('error', 'skip'), help='unreadable frames: stop, or use the nearest readable one')
     return p
 
-# %% ../nbs/45_features.ipynb #a6f30e7d
+# %% ../nbs/45_features.ipynb #99aaf704
+def _safetensors_header(path:Path)->tuple|None: # (metadata, tensor names) of a safetensors file, else None
+    try:
+        with open(path, 'rb') as f: head = f.read(9)
+        if len(head) < 9 or head[8:9] != b'{': return None   # 8-byte header length, then the JSON header
+        from safetensors import safe_open
+        with safe_open(str(path), framework='pt') as f: return f.metadata() or {}, list(f.keys())
+    except Exception: return None
+
+def _not_a_checkpoint(path, what:str)->CheckpointError:
+    return CheckpointError(f'{path}: {what}, not a model checkpoint; give the .pth file of a training run '
+                           '(<run>/modelckpt/model_best.pth or model_epoch-N.pth)')
+
 def load_model(checkpoint, # a checkpoint file
                device='cpu', # where to put the model
               )->tuple: # (model in eval mode, info: args, num_classes, epoch, path, ...)
-    "The network of a checkpoint, read safely."
-    from m3reid.engine.checkpoint import load_trained_model
-    return load_trained_model(checkpoint, device)
+    "The network of a checkpoint, read safely; a file without the classifier's weights (a features file...) is refused."
+    from m3reid.engine.checkpoint import load_trained_model, load_checkpoint
+    path, has_classifier = Path(checkpoint), lambda names: any(k.endswith('classifier.weight') for k in names)
+    names = lambda keys: f"{len(keys)} tensor{'s' * (len(keys) != 1)}: " + ', '.join(list(keys)[:6]) + ', ...' * (len(keys) > 6)
+    st = _safetensors_header(path) if path.is_file() else None
+    if st is not None and not has_classifier(st[1]):
+        raise _not_a_checkpoint(path, 'a features file (m3reid-extract output)' if FEATURES_FORMAT in st[0].get('m3reid', '')
+                                else f'a safetensors file without model weights ({names(st[1])})')
+    try: return load_trained_model(path, device)
+    except CheckpointError:
+        ck = load_checkpoint(path)   # raises its own one-line error when the file holds no tensors at all
+        if ck.get('num_classes') or has_classifier(ck['model']): raise
+        raise _not_a_checkpoint(path, f"a file without the classifier weights ({names(ck['model'])})") from None
 
+# %% ../nbs/45_features.ipynb #a6f30e7d
 def _fill_from_checkpoint(args, stored:dict, defaults:dict):
     for k, v in defaults.items():
         if getattr(args, k, None) is None: setattr(args, k, stored.get(k, v))

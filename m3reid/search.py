@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from .utils import UsageError
-from .features import FeatureSet, load_features, guess_modality, tracklet_dataset, SPLITS, IMAGE_SUFFIXES
+from .features import FeatureSet, load_features, load_model, SPLITS, IMAGE_SUFFIXES
+from .features import guess_modality, natural_key, tracklet_dataset
 
 # %% auto #0
 __all__ = ['INDEXES', 'GalleryIndex', 'make_index', 'search', 'embed_folder', 'load_queries', 'format_results', 'draw_results',
@@ -96,15 +97,15 @@ def embed_folder(folder, # a folder of one tracklet's frames
                  modality:str='auto', # 'auto' (from the path, else visible), 'IR' or 'RGB'
                 )->FeatureSet: # one row, identity and camera unknown (-1)
     "Embed one tracklet folder as the gallery's embeddings were made."
-    from m3reid.engine.checkpoint import load_trained_model
     from m3reid.engine.evaluate import extract_dataset, check_finite_features
     folder = Path(folder)
     if not folder.is_dir(): raise UsageError(f'--query {folder}: no such folder or features file')
-    frames = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    frames = [str(folder / f) for f in sorted((p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                                              key=natural_key)]
     if not frames: raise UsageError(f'--query {folder}: no image files ({", ".join(IMAGE_SUFFIXES)}) directly in it')
     if checkpoint is None: raise UsageError('--query is a folder: the model is needed (--resume CHECKPOINT)')
     mid = guess_modality(frames) if modality == 'auto' else (1 if modality == 'IR' else 2)
-    model, _ = load_trained_model(checkpoint, device)
+    model, _ = load_model(checkpoint, device)
     (h, w), T = options.get('img_size', (288, 144)), options.get('seq_len', 6)
     ds = tracklet_dataset([frames], [mid], h, w, T, options.get('test_clips', 1))
     f, *_ = extract_dataset(model, ds, device, flip=bool(options.get('flip_test')))

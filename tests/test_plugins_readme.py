@@ -58,6 +58,7 @@ def test_adding_a_method_runs_as_written(tmp_path):
     site = tmp_path/'site'; site.mkdir()
     (site/f'{name}.py').write_text(module)
     project = install_from_pyproject(site, pyproject)
+    assert tomllib.loads(pyproject)['tool']['setuptools']['py-modules'] == [name]   # pip installs the module itself
     assert project['entry-points']['m3reid.methods'] == {'mymethod': f'{name}:build'}
     env = dict(ENV, PYTHONPATH=os.pathsep.join([str(site), ENV.get('PYTHONPATH', '')]))
 

@@ -53,8 +53,10 @@ def test_saved_features_score_like_the_model(setup):
         direct = evaluate_model(setup['net'], qs, gs, 'HITSZVCM', 'cpu', batch_size=8, rerank=rr)
         saved = evaluate_features(setup['features'], rerank=rr)
         assert saved['rerank'] == direct['rerank']
-        for mode in ('i2v', 'v2i'):
-            for k, v in direct[mode].items(): assert saved[mode][k] == pytest.approx(v, abs=1e-6), (rr, mode, k)
+        assert ('reranked' in saved) == ('reranked' in direct) == (rr is not None)
+        for part in ((direct, saved), (direct['reranked'], saved['reranked'])) if rr else ((direct, saved),):
+            for mode in ('i2v', 'v2i'):
+                for k, v in part[0][mode].items(): assert part[1][mode][k] == pytest.approx(v, abs=1e-6), (rr, mode, k)
 
 
 def test_search_folder_query(setup):

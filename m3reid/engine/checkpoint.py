@@ -218,13 +218,19 @@ def load_trained_model(path, # a snapshot, a state or a plain state dict
     options.update({k: v for k, v in overrides.items() if v is not None})
     options['pretrained'] = None
     n = num_classes or _num_classes_of(ckpt)
-    if n is None: raise CheckpointError(f"{path}: cannot tell the number of classes (no classifier.weight); pass num_classes")
+    if n is None:
+        names = list(ckpt['model'])
+        raise CheckpointError(f"{path}: no classifier.weight among its {len(names)} tensors ({', '.join(names[:4])}"
+                              f"{', ...' * (len(names) > 4)}): not a model checkpoint (a features file?), or weights "
+                              "without their classifier (then pass num_classes)")
     model, _ = build_model(options, n, device, verbose=verbose)
     trained = {k: stored.get(k) for k in ('arch', 'last_stride', 'non_local') if k in stored}
     differs = {k: v for k, v in trained.items() if k in overrides and overrides[k] is not None and overrides[k] != v}
     hint = (f"; it was trained with {', '.join(f'--{k} {v}' for k, v in trained.items())}" if differs else
             "; is it a checkpoint of another --model, --arch or --non_local?")
     load_model_weights(model, ckpt['model'], str(path), strict=True, hint=hint)
+    if differs: print(f"WARNING: {path} was trained with {', '.join(f'--{k} {trained[k]}' for k in differs)}; evaluating "
+                      f"with {', '.join(f'--{k} {overrides[k]}' for k in differs)}: the weights fit, the network is another")
     info = {'args': stored, 'num_classes': n, 'epoch': ckpt.get('epoch'), 'path': Path(path), 'kind': ckpt['kind'],
             'options': options}
     return model.eval(), info

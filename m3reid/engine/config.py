@@ -59,7 +59,7 @@ class OriginalOptions:
     save_interval: int = option(1, 'write model_epoch-N.pth when the 1-based epoch is a multiple of N (and at the last epoch)',
                                 'pos_int', _O)
     seed: int = option(0, 'random seed', 'nonneg_int', _O)
-    gpu: int|None = option(None, 'CUDA device index (default 0; under torchrun LOCAL_RANK)', 'nonneg_int', _O)
+    gpu: int|None = option(None, 'CUDA device index (unset: 0, or LOCAL_RANK under torchrun)', 'nonneg_int', _O)
     desc: str|None = option(None, 'suffix of the run folder name', group=_O)
 
 # %% ../../nbs/38_engine.config.ipynb #04920d14
@@ -233,7 +233,7 @@ def config_from_toml(path, # a TOML file of TrainConfig fields
     return config_from_dict(data, source=str(path), check=check)
 
 def config_from_dict(data:dict, # field name -> value
-                     source:str='config', # named in errors
+                     source:str|None='config', # named in errors (None: not named)
                      check:bool=True, # run `check_config` (without the file checks)
                     )->TrainConfig:
     "A `TrainConfig` from a mapping of field values (defaults for the rest)."
@@ -241,7 +241,7 @@ def config_from_dict(data:dict, # field name -> value
         values = {k: check_value(k, v) for k, v in data.items()}
         cfg = TrainConfig(**values)
         return check_config(cfg, check_files=False) if check else cfg
-    except UsageError as e: raise UsageError(f"{source}: {e}") from None
+    except UsageError as e: raise UsageError(f"{source}: {e}" if source else str(e)) from None
 
 # %% ../../nbs/38_engine.config.ipynb #b0eaba55
 def config_to_argv(cfg:TrainConfig, # the configuration

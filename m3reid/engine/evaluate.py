@@ -21,9 +21,9 @@ from ..rerank import rerank_settings
 
 # %% auto #0
 __all__ = ['AMP_DTYPES', 'build_test_sets', 'amp_dtype_of', 'extract_features', 'shard_range', 'gather_padded', 'extract_dataset',
-           'NonFiniteFeaturesError', 'check_finite_features', 'evaluate_model', 'mean_map', 'format_eval_block',
-           'log_eval_tensorboard', 'write_metrics', 'read_metrics', 'append_metrics', 'truncate_metrics',
-           'make_eval_record']
+           'NonFiniteFeaturesError', 'check_finite_features', 'score_modes', 'evaluate_model', 'mean_map',
+           'format_eval_block', 'log_eval_tensorboard', 'write_metrics', 'read_metrics', 'append_metrics',
+           'truncate_metrics', 'make_eval_record']
 
 # %% ../../nbs/41_engine.evaluate.ipynb #e48db5de
 def build_test_sets(manager, # a data manager (or any object with query_/gallery_ lists)
@@ -149,6 +149,21 @@ def _mode_summary(res:dict)->dict:
         if k in res: out[k] = int(res[k])
     return out
 
+def score_modes(dataset_name:str, # 'HITSZVCM' | 'BUPTCampus': selects the cross-modality protocol
+                q:tuple, # query (feats, pids, cids, mids)
+                g:tuple, # gallery (feats, pids, cids, mids)
+                protocol:str='m3reid', # 'm3reid' | 'official' (BUPTCampus camera filter)
+                rerank:dict|None=None, # re-ranking settings (from `rerank_settings`), or None
+               )->dict: # {'i2v': {...}, 'v2i': {...}} plus 'reranked': {'i2v', 'v2i'} with `rerank`
+    "Both retrieval modes on the plain distances and, with `rerank`, on the re-ranked distances too."
+    args = (dataset_name, q[0], g[0], q[1], g[1], q[2], g[2], q[3], g[3])
+    res = evaluate_cross_modality(*args, protocol=protocol)
+    out = {m: _mode_summary(res[m]) for m in ('i2v', 'v2i')}
+    if rerank:
+        res = evaluate_cross_modality(*args, protocol=protocol, rerank=rerank)
+        out['reranked'] = {m: _mode_summary(res[m]) for m in ('i2v', 'v2i')}
+    return out
+
 def evaluate_model(model:torch.nn.Module, # the (unwrapped) model
                    query_set, # query dataset
                    gallery_set, # gallery dataset, or None to use `query_set` as both (validation split)
@@ -161,7 +176,7 @@ def evaluate_model(model:torch.nn.Module, # the (unwrapped) model
                    flip:bool=False, # flip fusion
                    *,
                    rerank:dict|bool|None=None, # k-reciprocal re-ranking: None, True (defaults) or a dict of k1, k2, lambda_value
-                  )->dict: # {'i2v': {...}, 'v2i': {...}, 'time_extract': s, 'time_metric': s, 'rerank': settings or None}
+                  )->dict: # {'i2v', 'v2i', ['reranked'], 'time_extract': s, 'time_metric': s, 'rerank': settings or None}
     "Extract features and score both retrieval modes; identical on every DDP rank."
     rr = rerank_settings(rerank)
     t0 = time.time()
@@ -173,9 +188,7 @@ def evaluate_model(model:torch.nn.Module, # the (unwrapped) model
     t1 = time.time()
     out = [None]
     if not _dist_on() or dist.get_rank() == 0:
-        res = evaluate_cross_modality(dataset_name, q[0], g[0], q[1], g[1], q[2], g[2], q[3], g[3], protocol=protocol,
-                                      rerank=rr)
-        out = [{'i2v': _mode_summary(res['i2v']), 'v2i': _mode_summary(res['v2i'])}]
+        out = [score_modes(dataset_name, q, g, protocol, rr)]
     if _dist_on(): dist.broadcast_object_list(out, src=0)
     result = out[0]
     result.update(time_extract=t1 - t0, time_metric=time.time() - t1, rerank=rr)
@@ -189,22 +202,30 @@ def mean_map(result:dict)->float: # (i2v mAP + v2i mAP) / 2; NaN when a mode had
 _KEYS = ('r1', 'r5', 'r10', 'r20', 'mAP', 'mINP')
 _NAMES = {'r1': 'Rank-1', 'r5': 'Rank-5', 'r10': 'Rank-10', 'r20': 'Rank-20', 'mAP': 'mAP', 'mINP': 'mINP'}
 
-def format_eval_block(result:dict, # from `evaluate_model`
-                      epoch:int|None=None, # 1-based epoch (0 = before training), None for a standalone test
-                      split:str='test', # 'test' | 'val'
-                     )->str:
-    "The evaluation block printed to the console and the text log."
-    head = 'EVAL' + (' (validation split)' if split == 'val' else '') + (f' - Epoch: [{epoch}]' if epoch is not None else '')
-    rr = result.get('rerank')
-    if rr: head += f" (re-ranked: k1={rr['k1']}, k2={rr['k2']}, lambda={rr['lambda_value']:g})"
-    te, tm = result.get('time_extract', 0.0), result.get('time_metric', 0.0)
-    lines = ['~' * 100, f"{head}  Time: {te + tm:.2f}s (extract {te:.2f}s, metric {tm:.2f}s)"]
+def _mode_lines(result:dict)->list:
+    "One line per retrieval mode: its six metrics in %, `n/a` for a mode without a valid query."
+    lines = []
     for mode, name in (('i2v', 'Infrared -> Visible (i2v)'), ('v2i', 'Visible -> Infrared (v2i)')):
         r = result[mode]
         vals = ' | '.join(f"{_NAMES[k]}: {100 * r[k]:6.2f}%" if math.isfinite(r[k]) else f"{_NAMES[k]}:     n/a"
                           for k in _KEYS)
         why = '' if all(math.isfinite(r[k]) for k in _KEYS) else '  (no query has a valid match)'
         lines.append(f"{name}: {vals}{why}")
+    return lines
+
+def format_eval_block(result:dict, # from `evaluate_model`
+                      epoch:int|None=None, # 1-based epoch (0 = before training), None for a standalone test
+                      split:str='test', # 'test' | 'val'
+                     )->str:
+    "The evaluation block printed to the console and the text log."
+    head = 'EVAL' + (' (validation split)' if split == 'val' else '') + (f' - Epoch: [{epoch}]' if epoch is not None else '')
+    te, tm = result.get('time_extract', 0.0), result.get('time_metric', 0.0)
+    lines = ['~' * 100, f"{head}  Time: {te + tm:.2f}s (extract {te:.2f}s, metric {tm:.2f}s)"]
+    lines += _mode_lines(result)
+    rr = result.get('rerank')
+    if result.get('reranked'):
+        lines.append(f"Re-ranked (k1={rr['k1']}, k2={rr['k2']}, lambda={rr['lambda_value']:g}):")
+        lines += _mode_lines(result['reranked'])
     lines.append('~' * 100)
     return '\n'.join(lines)
 
@@ -214,12 +235,14 @@ def log_eval_tensorboard(writer, # a `SummaryWriter` or None
                          step:int, # global step (the 1-based epoch)
                          prefix:str='eval', # 'eval' for the test split, 'val' for the validation split
                         ):
-    "Write the twelve evaluation scalars (NaN ones, from a mode with no valid query, are left out)."
+    "Write the twelve evaluation scalars, and the re-ranked ones (NaN ones, from a mode with no valid query, are left out)."
     if writer is None: return
     for mode in ('i2v', 'v2i'):
         for k in _KEYS:
             v = float(result[mode][k])
             if math.isfinite(v): writer.add_scalar(f'{prefix}/{mode}_{k}', v, step)
+            v = float(result['reranked'][mode][k]) if result.get('reranked') else math.nan
+            if math.isfinite(v): writer.add_scalar(f'{prefix}_reranked/{mode}_{k}', v, step)
     writer.flush()
 
 # %% ../../nbs/41_engine.evaluate.ipynb #a978a69c
@@ -288,5 +311,6 @@ def make_eval_record(result:dict, # from `evaluate_model`
            'num_query': {m: result[m].get('num_query') for m in ('i2v', 'v2i')},
            'num_gallery': {m: result[m].get('num_gallery') for m in ('i2v', 'v2i')},
            'time_extract': round(result.get('time_extract', 0.0), 3), 'time_metric': round(result.get('time_metric', 0.0), 3)}
+    if result.get('reranked'): rec['reranked'] = {m: {k: result['reranked'][m][k] for k in _KEYS} for m in ('i2v', 'v2i')}
     rec.update(extra)
     return rec

@@ -164,3 +164,20 @@ def test_every_show_doc_is_shown():
                for i, c in enumerate(json.loads(Path(f).read_text())['cells'])
                if c['cell_type'] == 'code' and len(re.findall(r'^show_doc\(', ''.join(c['source']), re.M)) > 1]
     assert not crowded, f'cells with several show_doc calls (only the last one shows): {crowded}'
+
+
+def test_public_api_is_documented():
+    "Every public function and class a notebook exports has its `show_doc` (benchmarks, the demo and console entry points aside)."
+    import ast, glob, re
+    skip_nb, skip = re.compile(r'^(7\d_bench\.|80_demo|index)'), re.compile(r'^(build_\w*parser|main|run_\w+|train|test|synth|demo)$')
+    undocumented = []
+    for f in sorted(glob.glob(str(ROOT/'nbs'/'*.ipynb'))):
+        if skip_nb.match(Path(f).name): continue
+        srcs = [''.join(c['source']) for c in json.loads(Path(f).read_text())['cells'] if c['cell_type'] == 'code']
+        docs = {d.split('.')[-1] for d in re.findall(r'^show_doc\(([\w.]+)', '\n'.join(srcs), re.M)}
+        for s in srcs:
+            if not s.startswith('#| export'): continue
+            names = [n.name for n in ast.parse(s.replace('#| export', '', 1)).body
+                     if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith('_')]
+            undocumented += [f'{Path(f).name}: {n}' for n in names if not skip.match(n) and n not in docs]
+    assert not undocumented, f'public names without show_doc: {undocumented}'

@@ -626,11 +626,14 @@ def restore(path:Path, # from `find_resume_file`
            )->LoopState:
     "Load a state (exactly) or a weights file (weights only) into the run; the loop state to continue from."
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+    trained = {k: v for k, v in (ckpt.get('args') or {}).items() if k in ('model', 'arch', 'last_stride', 'non_local')}
+    hint = ('; it was trained with ' + ' '.join(f'--{k} {v}' for k, v in trained.items())
+            if any(getattr(cfg, k) != v for k, v in trained.items()) else '')
     if ckpt['kind'] != 'state':
         print(f"WARNING: {path} holds weights only ({ckpt['kind']}): epoch, optimiser and schedule start fresh")
-        load_model_weights(tr.model, ckpt['model'], str(path), strict=False)
+        load_model_weights(tr.model, ckpt['model'], str(path), strict=False, hint=hint)
         return LoopState()
-    load_model_weights(tr.model, ckpt['model'], str(path), strict=True)
+    load_model_weights(tr.model, ckpt['model'], str(path), strict=True, hint=hint)
     old, now = ckpt.get('args') or {}, dataclasses.asdict(cfg)
     diff = {k: (old.get(k), now[k]) for k in _COMPARE_KEYS if k in old and old[k] != now[k]}
     if diff: print(f"WARNING: resuming with options that differ from the state's (state, now): {diff}")

@@ -126,6 +126,10 @@ def _check_test_args(args)->dict|None: # the re-ranking settings, or None
     return dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
 
 # %% ../nbs/50_cli.ipynb #8eb2a4e9
+def _check_protocol(dataset, protocol):
+    if dataset == 'HITSZVCM' and protocol == 'official':
+        raise UsageError("--eval_protocol official is BUPTCampus's protocol (no camera filter); HITSZ-VCM has one, leave the option out")
+
 def run_test(args:argparse.Namespace, # from `build_test_parser`
             )->dict: # {'result', 'record', 'run_dir'}
     "Evaluate the checkpoint `args.resume` (or the features file `args.features`) and record the result."
@@ -145,6 +149,7 @@ def run_test(args:argparse.Namespace, # from `build_test_parser`
     stored = info['args']
     for k, v in _TEST_DEFAULTS.items():
         if getattr(args, k, None) is None: setattr(args, k, stored.get(k, v))
+    _check_protocol(args.dataset, args.eval_protocol)
     opts = info['options']
     manager = load_manager(argparse.Namespace(dataset=args.dataset, dataset_dir=args.dataset_dir), verbose=True)
     run = make_run_dir(args.output_dir, args.dataset, args.desc)
@@ -177,6 +182,7 @@ def run_test_features(args:argparse.Namespace, # from `build_test_parser`, with 
     from m3reid.utils import make_run_dir, TeeLogger
     fs = load_features(args.features); m = fs.meta
     dataset, protocol = args.dataset or m.get('dataset', 'HITSZVCM'), args.eval_protocol or 'm3reid'
+    _check_protocol(dataset, protocol)
     run = make_run_dir(args.output_dir, dataset, args.desc)
     with TeeLogger(run.log_file, mode='a'):
         print(f"Args: {args}")

@@ -200,6 +200,8 @@ def check_config(cfg:TrainConfig, # the configuration to check
     if str(cfg.device).lower() not in ('auto', 'cpu', 'cuda') and not str(cfg.device).lower().startswith('cuda:'):
         _fail('device', cfg.device, 'expected auto, cpu, cuda or cuda:N')
     _check_registered(cfg)
+    if cfg.dataset == 'HITSZVCM' and cfg.eval_protocol == 'official':
+        _fail('eval_protocol', 'official', "is BUPTCampus's protocol (no camera filter); HITSZ-VCM has one, leave the option out")
     if cfg.resume == 'auto' and not cfg.run_dir: _fail('resume', 'auto', 'needs --run_dir (the run folder to continue)')
     if check_files:
         if cfg.resume not in (None, 'auto') and not Path(cfg.resume).is_file():

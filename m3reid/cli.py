@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .utils import UsageError, CheckpointError, run_cli
-from .engine.config import TrainConfig, check_config, config_from_toml, config_from_dict, DATASETS
+from .engine.config import TrainConfig, check_config, check_protocol, config_from_toml, config_from_dict, DATASETS
 
 # %% auto #0
 __all__ = ['COMMANDS', 'build_train_parser', 'parse_train_args', 'train', 'build_test_parser', 'run_test', 'run_test_features',
@@ -126,10 +126,6 @@ def _check_test_args(args)->dict|None: # the re-ranking settings, or None
     return dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
 
 # %% ../nbs/50_cli.ipynb #8eb2a4e9
-def _check_protocol(dataset, protocol):
-    if dataset == 'HITSZVCM' and protocol == 'official':
-        raise UsageError("--eval_protocol official is BUPTCampus's protocol (no camera filter); HITSZ-VCM has one, leave the option out")
-
 def run_test(args:argparse.Namespace, # from `build_test_parser`
             )->dict: # {'result', 'record', 'run_dir'}
     "Evaluate the checkpoint `args.resume` (or the features file `args.features`) and record the result."
@@ -149,7 +145,7 @@ def run_test(args:argparse.Namespace, # from `build_test_parser`
     stored = info['args']
     for k, v in _TEST_DEFAULTS.items():
         if getattr(args, k, None) is None: setattr(args, k, stored.get(k, v))
-    _check_protocol(args.dataset, args.eval_protocol)
+    check_protocol(args.dataset, args.eval_protocol)
     opts = info['options']
     manager = load_manager(argparse.Namespace(dataset=args.dataset, dataset_dir=args.dataset_dir), verbose=True)
     run = make_run_dir(args.output_dir, args.dataset, args.desc)
@@ -182,7 +178,7 @@ def run_test_features(args:argparse.Namespace, # from `build_test_parser`, with 
     from m3reid.utils import make_run_dir, TeeLogger
     fs = load_features(args.features); m = fs.meta
     dataset, protocol = args.dataset or m.get('dataset', 'HITSZVCM'), args.eval_protocol or 'm3reid'
-    _check_protocol(dataset, protocol)
+    check_protocol(dataset, protocol)
     run = make_run_dir(args.output_dir, dataset, args.desc)
     with TeeLogger(run.log_file, mode='a'):
         print(f"Args: {args}")

@@ -16,8 +16,8 @@ else: import tomli as tomllib
 
 # %% auto #0
 __all__ = ['DATASETS', 'option', 'OriginalOptions', 'ModelOptions', 'DeviceOptions', 'RunOptions', 'DataCheckOptions',
-           'TrainConfig', 'check_value', 'parse_non_local', 'check_config', 'config_to_toml', 'config_from_toml',
-           'config_from_dict', 'config_to_argv']
+           'TrainConfig', 'check_value', 'parse_non_local', 'check_protocol', 'check_config', 'config_to_toml',
+           'config_from_toml', 'config_from_dict', 'config_to_argv']
 
 # %% ../../nbs/38_engine.config.ipynb #54f3f54e
 DATASETS = ('HITSZVCM', 'BUPTCampus')
@@ -190,6 +190,13 @@ def _check_registered(cfg:TrainConfig):
         v = getattr(cfg, name)
         if v not in reg: raise UsageError(f"--{name} {v!r}: {reg.unknown(v)}")
 
+def check_protocol(dataset:str, # 'HITSZVCM' | 'BUPTCampus'
+                   protocol:str|None, # the --eval_protocol value (None: the default)
+                  ):
+    "`UsageError` for a protocol the dataset does not have: 'official' is BUPTCampus's, HITSZ-VCM has one."
+    if dataset == 'HITSZVCM' and protocol == 'official':
+        raise UsageError("--eval_protocol official is BUPTCampus's protocol (no camera filter); HITSZ-VCM has one, leave the option out")
+
 def check_config(cfg:TrainConfig, # the configuration to check
                  check_files:bool=True, # also check that --resume / --pretrained files exist
                 )->TrainConfig: # the same config, numbers converted where lossless
@@ -200,8 +207,7 @@ def check_config(cfg:TrainConfig, # the configuration to check
     if str(cfg.device).lower() not in ('auto', 'cpu', 'cuda') and not str(cfg.device).lower().startswith('cuda:'):
         _fail('device', cfg.device, 'expected auto, cpu, cuda or cuda:N')
     _check_registered(cfg)
-    if cfg.dataset == 'HITSZVCM' and cfg.eval_protocol == 'official':
-        _fail('eval_protocol', 'official', "is BUPTCampus's protocol (no camera filter); HITSZ-VCM has one, leave the option out")
+    check_protocol(cfg.dataset, cfg.eval_protocol)
     if cfg.resume == 'auto' and not cfg.run_dir: _fail('resume', 'auto', 'needs --run_dir (the run folder to continue)')
     if check_files:
         if cfg.resume not in (None, 'auto') and not Path(cfg.resume).is_file():
